@@ -1,0 +1,445 @@
+"""The `MixedPrecisionEmbedding` layer."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keras_mpe import grouping, precision, quantizers
+from keras_mpe.backend import IS_KERAS_3, keras, set_variable_trainable
+
+MAX_BITS = 8
+SEARCH, RETRAIN = "search", "retrain"
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer. "
+            f"Received: {name}={value!r} (of type {type(value).__name__})"
+        )
+
+
+def _check_positive_float(name: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool
+    )
+    if ok:
+        ok = np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
+        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+
+
+def _check_bit_widths(bit_widths: Any) -> tuple[int, ...]:
+    expected = (
+        f"a non-empty, strictly increasing sequence of integers in [0, {MAX_BITS}] "
+        "with at least one non-zero entry"
+    )
+    try:
+        values = tuple(bit_widths)
+    except TypeError:
+        values = None
+    if (
+        not values
+        or not all(
+            isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in values
+        )
+        or any(b < 0 or b > MAX_BITS for b in values)
+        or any(a >= b for a, b in zip(values, values[1:]))
+        or max(values) == 0
+    ):
+        raise ValueError(
+            f"`bit_widths` must be {expected}. Received: bit_widths={bit_widths!r}"
+        )
+    return tuple(int(b) for b in values)
+
+
+@keras.utils.register_keras_serializable(package="keras_mpe")
+class MixedPrecisionEmbedding(keras.layers.Layer):
+    """An embedding table whose frequency groups learn their own bit-widths.
+
+    A drop-in replacement for `keras.layers.Embedding` that implements
+    Mixed-Precision Embeddings (MPE, Li et al., arXiv 2409.20305). Ids are split into
+    `num_groups` equal groups by frequency. In the **search** state each group has a
+    learned probability distribution over `bit_widths`; a looked-up row is the
+    expectation of its LSQ+ fake-quantized values under its group's distribution, and
+    `bit_penalty * sum_g E[bits_g] / c_g` is added to the loss (`c_g`: the group's
+    share of all lookups, relative to the lightest group), so rare groups are pushed
+    towards fewer bits. `freeze_precision()` picks one bit-width per group and moves
+    the layer to the **retrain** state: fake quantization at the fixed bits, no
+    penalty. The switch takes effect at the next step of an already compiled model.
+
+    Only the rows a batch looks up are quantized, and the table's gradient is a
+    `tf.IndexedSlices` over those rows, as with `keras.layers.Embedding`.
+
+    Ids without frequencies: until `adapt()` is called or `frequencies=` given, ids
+    are taken to be ranked by descending frequency (id 0 the most frequent), which is
+    how `StringLookup` and `IntegerLookup` number an adapted vocabulary, and all
+    groups weigh the same in the penalty.
+
+    Ids outside `[0, input_dim)` (negative or too large) look up an all-zero vector
+    and pass no gradient; they never return another row's embedding.
+
+    Example:
+
+    ```python
+    import numpy as np
+    import keras_mpe
+    from keras_mpe.backend import keras
+
+    ids = np.random.default_rng(0).zipf(1.5, size=(512, 3)) % 1000
+    layer = keras_mpe.MixedPrecisionEmbedding(1000, 8, num_groups=16, bit_penalty=1e-4)
+    layer.adapt(ids)
+    model = keras.Sequential([
+        keras.Input(shape=(3,), dtype="int32"),
+        layer,
+        keras.layers.Flatten(),
+        keras.layers.Dense(1),
+    ])
+    model.compile("adam", "mse")
+    model.fit(ids, np.ones(512), epochs=1, verbose=0)
+    layer.freeze_precision()            # retrain state: one bit-width per group
+    model.fit(ids, np.ones(512), epochs=1, verbose=0)
+    print(layer.memory_report()["compression_ratio"])
+    ```
+
+    Args:
+        input_dim: int, the number of ids (rows of the table).
+        output_dim: int, the embedding dimension.
+        num_groups: int, the number of frequency groups; `min(num_groups, input_dim)`
+            groups are made. Defaults to 128.
+        bit_widths: the candidate bit-widths, strictly increasing, each in `0..8`;
+            0 prunes a group (its rows look up zeros). Defaults to `(0, 1, ..., 6)`.
+            A single width gives uniform quantization-aware training.
+        temperature: float > 0, the softmax temperature of the precision logits.
+            Defaults to 3e-3.
+        bit_penalty: float >= 0, the weight of the expected-bits penalty. Defaults
+            to 0.
+        frequencies: optional `[input_dim]` non-negative id counts (see `adapt()`).
+        embeddings_initializer: initializer of the float table. Defaults to
+            `RandomNormal(0, 0.003)`.
+        mask_zero: bool, whether id 0 is padding to mask, as in `Embedding`.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        Integer tensor of shape `(batch_size, ...)`.
+
+    Output shape:
+        `(batch_size, ..., output_dim)`, in the layer's compute dtype.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        *,
+        num_groups: int = 128,
+        bit_widths: Sequence[int] = (0, 1, 2, 3, 4, 5, 6),
+        temperature: float = 3e-3,
+        bit_penalty: float = 0.0,
+        frequencies: Any = None,
+        embeddings_initializer: Any = None,
+        mask_zero: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        _check_positive_int("input_dim", input_dim)
+        _check_positive_int("output_dim", output_dim)
+        _check_positive_int("num_groups", num_groups)
+        _check_positive_float("temperature", temperature)
+        _check_positive_float("bit_penalty", bit_penalty, allow_zero=True)
+        if not isinstance(mask_zero, bool):
+            raise ValueError(
+                f"`mask_zero` must be a bool. Received: mask_zero={mask_zero!r}"
+            )
+        self.input_dim = int(input_dim)
+        self.output_dim = int(output_dim)
+        self.num_groups = int(num_groups)
+        self.bit_widths = _check_bit_widths(bit_widths)
+        self.initial_temperature = float(temperature)
+        self.initial_bit_penalty = float(bit_penalty)
+        self._initial_frequencies = (
+            np.zeros(self.input_dim)
+            if frequencies is None
+            else grouping.validate_frequencies(frequencies, self.input_dim)
+        )
+        self.embeddings_initializer = keras.initializers.get(
+            embeddings_initializer
+            or keras.initializers.RandomNormal(mean=0.0, stddev=0.003)
+        )
+        self.mask_zero = mask_zero
+        self.supports_masking = mask_zero
+        self.groups = int(grouping.group_sizes(self.input_dim, self.num_groups).size)
+        self._nonzero_bit_widths = [b for b in self.bit_widths if b > 0]
+
+    # ----------------------------------------------------------------- build
+    def build(self, input_shape: Any = None) -> None:
+        """Creates the table, the quantizer and precision variables and the groups."""
+        num_bits = len(self.bit_widths)
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.input_dim, self.output_dim),
+            initializer=self.embeddings_initializer,
+            dtype="float32",
+        )
+        self.step_sizes = self.add_weight(
+            name="step_sizes",
+            shape=(len(self._nonzero_bit_widths),),
+            initializer=self._initial_step_sizes,
+            dtype="float32",
+        )
+        self.offset = self.add_weight(
+            name="offset", shape=(self.output_dim,), initializer="zeros", dtype="float32"
+        )
+        self.precision_logits = self.add_weight(
+            name="precision_logits",
+            shape=(self.groups, num_bits),
+            initializer="zeros",
+            dtype="float32",
+        )
+        self.temperature = self._add_state("temperature", (), "float32")
+        self.bit_penalty = self._add_state("bit_penalty", (), "float32")
+        self.frequencies = self._add_state("frequencies", (self.input_dim,), "float64")
+        self.id_to_group = self._add_state("id_to_group", (self.input_dim,), "int32")
+        self.group_masses = self._add_state("group_masses", (self.groups,), "float32")
+        self.group_bit_widths = self._add_state("group_bit_widths", (self.groups,), "int32")
+        self.precision_frozen = self._add_state("precision_frozen", (), "int32")
+        self.temperature.assign(self.initial_temperature)
+        self.bit_penalty.assign(self.initial_bit_penalty)
+        self.group_bit_widths.assign(np.full(self.groups, max(self.bit_widths), np.int32))
+        self._set_frequencies(self._initial_frequencies)
+        self.built = True
+
+    def _add_state(self, name: str, shape: tuple, dtype: str):
+        return self.add_weight(
+            name=name, shape=shape, initializer="zeros", dtype=dtype, trainable=False
+        )
+
+    def _initial_step_sizes(self, shape: Any, dtype: Any = None) -> tf.Tensor:
+        """`alpha_b = 2 * mean|W0| / sqrt(2**(b-1))` over the initial table."""
+        mean_abs = float(tf.reduce_mean(tf.abs(self.embeddings)))
+        if mean_abs == 0.0:
+            raise ValueError(
+                "`embeddings_initializer` gave an all-zero table; the step sizes start "
+                "at 2 * mean|table| / sqrt(2**(bits-1)), so the table must not be zero. "
+                f"Received: embeddings_initializer={self.embeddings_initializer!r}"
+            )
+        bits = np.asarray(self._nonzero_bit_widths, np.float32)
+        return tf.constant(2.0 * mean_abs / np.sqrt(2.0 ** (bits - 1.0)), tf.float32)
+
+    # ------------------------------------------------------------ frequencies
+    def adapt(self, data: Any) -> None:
+        """Counts id frequencies in `data` and regroups the ids by them.
+
+        Count on the training split only. Streams in chunks with O(input_dim) memory.
+
+        Args:
+            data: integer ids in `[0, input_dim)`: a numpy array, a tensor or a
+                `tf.data.Dataset` of id tensors, of any shape.
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(4, 2, num_groups=2)
+        >>> layer.adapt(np.array([0, 0, 3, 3, 3, 1]))
+        >>> layer.id_to_group.numpy()
+        array([1, 0, 0, 1], dtype=int32)
+        """
+        if not self.built:
+            self.build()
+        self._set_frequencies(grouping.count_frequencies(data, self.input_dim))
+
+    def _set_frequencies(self, frequencies: np.ndarray) -> None:
+        id_to_group, masses = grouping.frequency_groups(frequencies, self.num_groups)
+        self.frequencies.assign(frequencies)
+        self.id_to_group.assign(id_to_group)
+        self.group_masses.assign(masses)
+
+    # ------------------------------------------------------------------- call
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        inputs = tf.convert_to_tensor(inputs)
+        if not inputs.dtype.is_integer:
+            raise TypeError(
+                "`MixedPrecisionEmbedding` takes integer ids. Received inputs of dtype "
+                f"{inputs.dtype.name}. Feed integer ids; a Keras 3 `Sequential` model "
+                "feeds floats unless it starts with `keras.Input(shape=..., "
+                "dtype='int32')`."
+            )
+        valid = tf.logical_and(inputs >= 0, inputs < self.input_dim)
+        ids = tf.reshape(tf.where(valid, tf.cast(inputs, tf.int32), 0), [-1])
+        rows = tf.gather(self.embeddings, ids)
+        groups = tf.gather(self.id_to_group, ids)
+        outputs = tf.cond(
+            self.precision_frozen > 0,
+            lambda: self._retrain_rows(rows, groups),
+            lambda: self._search_rows(rows, groups),
+        )
+        outputs *= tf.reshape(tf.cast(valid, tf.float32), [-1, 1])
+        self.add_loss(self._penalty())
+        shape = tf.concat([tf.shape(inputs), [self.output_dim]], axis=0)
+        return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
+
+    def _padded_step_sizes(self) -> tf.Tensor:
+        """Step sizes indexed by bit-width 0..8 (1.0 where a width has none)."""
+        position = np.zeros(MAX_BITS + 1, np.int32)
+        for index, bits in enumerate(self._nonzero_bit_widths):
+            position[bits] = index + 1
+        return tf.gather(tf.concat([[1.0], self.step_sizes], axis=0), position)
+
+    def _grad_scales(self) -> list[float]:
+        """LSQ gradient scales indexed by bit-width 0..8."""
+        size = self.input_dim * self.output_dim
+        return [quantizers.lsq_grad_scale(b, size) for b in range(MAX_BITS + 1)]
+
+    def _search_rows(self, rows: tf.Tensor, groups: tf.Tensor) -> tf.Tensor:
+        probabilities = tf.gather(self._probabilities(), groups)
+        return quantizers.mixture_quantize(
+            rows,
+            probabilities,
+            tf.gather(self._padded_step_sizes(), self.bit_widths),
+            self.offset,
+            self.bit_widths,
+            [self._grad_scales()[b] for b in self.bit_widths],
+        )
+
+    def _retrain_rows(self, rows: tf.Tensor, groups: tf.Tensor) -> tf.Tensor:
+        bits = tf.gather(self.group_bit_widths, groups)[:, None]
+        return quantizers.lsq_quantize(
+            rows,
+            tf.gather(self._padded_step_sizes(), bits),
+            self.offset,
+            bits,
+            tf.gather(self._grad_scales(), bits),
+        )
+
+    def _probabilities(self) -> tf.Tensor:
+        return tf.nn.softmax(self.precision_logits / self.temperature, axis=-1)
+
+    def _expected_bits(self) -> tf.Tensor:
+        return tf.linalg.matvec(self._probabilities(), tf.constant(self.bit_widths, tf.float32))
+
+    def _penalty(self) -> tf.Tensor:
+        searching = tf.cast(1 - self.precision_frozen, tf.float32)
+        weighted = tf.reduce_sum(self._expected_bits() / self.group_masses)
+        return self.bit_penalty * searching * weighted
+
+    def compute_mask(self, inputs: tf.Tensor, mask: Any = None) -> Any:
+        if not self.mask_zero:
+            return None
+        return tf.not_equal(inputs, 0)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        shape = tuple(input_shape) + (self.output_dim,)
+        return shape if IS_KERAS_3 else tf.TensorShape(shape)
+
+    # -------------------------------------------------------------- precision
+    @property
+    def state(self) -> str:
+        """`"search"` or `"retrain"`."""
+        return RETRAIN if int(self.precision_frozen.numpy()) else SEARCH
+
+    def expected_bits(self) -> np.ndarray:
+        """Per-group expected bits `sum_k p_{g,k} * b_k`, float32 `[groups]`."""
+        return self._expected_bits().numpy()
+
+    def select_bit_widths(self) -> np.ndarray:
+        """Per-group bits by the MPE rule: the largest width with p >= 1/(2K).
+
+        Returns int32 `[groups]`.
+        """
+        return precision.select_bit_widths(
+            self._probabilities().numpy(), np.asarray(self.bit_widths)
+        )
+
+    def freeze_precision(self, bit_widths: Any = None) -> None:
+        """Fixes one bit-width per group and moves to the retrain state.
+
+        The precision logits stop being trainable and the bit penalty becomes 0.
+        In a model that is already compiled the new behaviour applies from the next
+        step; the logits then get zero gradients, and leave the list of trainable
+        variables once the train function is rebuilt (`PrecisionSearch` does that).
+
+        Args:
+            bit_widths: per-group bits, `[groups]` values from the candidate
+                `bit_widths`; by default `select_bit_widths()`.
+        """
+        chosen = self.select_bit_widths() if bit_widths is None else bit_widths
+        chosen = np.asarray(chosen)
+        if (
+            chosen.shape != (self.groups,)
+            or not np.issubdtype(chosen.dtype, np.integer)
+            or not np.isin(chosen, self.bit_widths).all()
+        ):
+            raise ValueError(
+                f"`bit_widths` must be {self.groups} integers (one per group) taken from "
+                f"the candidates {self.bit_widths}. Received: bit_widths={bit_widths!r}"
+            )
+        self.group_bit_widths.assign(chosen.astype(np.int32))
+        self.precision_frozen.assign(1)
+        set_variable_trainable(self, self.precision_logits, False)
+
+    def memory_report(self) -> dict:
+        """Bytes the packed table takes (see `keras_mpe.precision.memory_report`).
+
+        Uses the expected bits in the search state and the chosen bits after
+        `freeze_precision()`.
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(1000, 16, num_groups=4)
+        >>> layer.build()
+        >>> layer.freeze_precision([0, 0, 2, 4])
+        >>> layer.memory_report()["payload_bytes"]
+        3000
+        """
+        id_to_group = self.id_to_group.numpy()
+        bits = (
+            self.group_bit_widths.numpy() if self.state == RETRAIN else self.expected_bits()
+        )
+        return precision.memory_report(
+            rows_per_group=np.bincount(id_to_group, minlength=self.groups),
+            bits_per_group=bits,
+            output_dim=self.output_dim,
+            num_step_sizes=len(self._nonzero_bit_widths),
+            needs_permutation=not grouping.groups_are_contiguous(id_to_group),
+        )
+
+    # ----------------------------------------------------------------- saving
+    def _named_variables(self) -> dict:
+        return {v.name.split("/")[-1].split(":")[0]: v for v in self.weights}
+
+    def save_own_variables(self, store: Any) -> None:
+        for name, variable in self._named_variables().items():
+            store[name] = variable.numpy()
+
+    def load_own_variables(self, store: Any) -> None:
+        variables = self._named_variables()
+        missing = sorted(set(variables) - set(store.keys()))
+        if missing:
+            raise ValueError(
+                f"Layer '{self.name}' could not load its variables {missing}: the saved "
+                f"file holds {sorted(store.keys())}."
+            )
+        for name, variable in variables.items():
+            variable.assign(store[name])
+        set_variable_trainable(self, self.precision_logits, self.state == SEARCH)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "input_dim": self.input_dim,
+                "output_dim": self.output_dim,
+                "num_groups": self.num_groups,
+                "bit_widths": list(self.bit_widths),
+                "temperature": self.initial_temperature,
+                "bit_penalty": self.initial_bit_penalty,
+                "embeddings_initializer": keras.initializers.serialize(
+                    self.embeddings_initializer
+                ),
+                "mask_zero": self.mask_zero,
+            }
+        )
+        return config

@@ -1,0 +1,173 @@
+"""Id frequencies and the frequency groups of MPE.
+
+Groups are equal-sized slices of the ids sorted by ascending frequency, so group 0
+holds the rarest ids. Ties in frequency rank the larger id as rarer, which makes ids
+without counts (all frequencies 0) follow the convention of Keras' `StringLookup`:
+id 0 is the most frequent, the last id the rarest.
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+_CHUNK = 1 << 20
+
+
+def _integer_chunks(data: Any) -> Iterable[np.ndarray]:
+    """Yields `data` as flat numpy integer arrays of at most about a million ids."""
+    if isinstance(data, tf.data.Dataset):
+        for element in data.as_numpy_iterator():
+            if isinstance(element, (tuple, list, dict)):
+                raise TypeError(
+                    "`data` must be a tf.data.Dataset of id tensors. Received a dataset "
+                    f"whose elements are {type(element).__name__}; map it to the ids "
+                    "first, e.g. `dataset.map(lambda x, y: x['user_id'])`."
+                )
+            yield from _integer_chunks(np.asarray(element))
+        return
+    if isinstance(data, tf.Tensor):
+        data = data.numpy()
+    array = np.asarray(data)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(
+            f"`data` must hold integer ids. Received an array of dtype {array.dtype}."
+        )
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, _CHUNK):
+        yield flat[start : start + _CHUNK]
+
+
+def count_frequencies(data: Any, input_dim: int) -> np.ndarray:
+    """Counts how often each id in `[0, input_dim)` occurs in `data`.
+
+    Streams over `data` in chunks, so memory stays O(input_dim) whatever its size.
+
+    Args:
+        data: integer ids as a numpy array, a tensor or a `tf.data.Dataset` whose
+            elements are id tensors (any shape, batched or not).
+        input_dim: the number of ids.
+
+    Returns:
+        float64 `[input_dim]` counts.
+
+    Example:
+
+    >>> count_frequencies(np.array([[0, 2], [2, 2]]), 4)
+    array([1., 0., 3., 0.])
+    """
+    counts = np.zeros(input_dim, dtype=np.int64)
+    for chunk in _integer_chunks(data):
+        if chunk.size == 0:
+            continue
+        low, high = chunk.min(), chunk.max()
+        if low < 0 or high >= input_dim:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"`data` holds id {bad}, outside [0, input_dim={input_dim}). "
+                "Map out-of-vocabulary values to an id in range before `adapt()`."
+            )
+        counts += np.bincount(chunk, minlength=input_dim)
+    return counts.astype(np.float64)
+
+
+def validate_frequencies(frequencies: Any, input_dim: int) -> np.ndarray:
+    """Checks that `frequencies` are `input_dim` finite non-negative numbers.
+
+    Returns them as float64.
+
+    Example:
+
+    >>> validate_frequencies([3, 1, 0], 3)
+    array([3., 1., 0.])
+    """
+    array = np.asarray(frequencies)
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        raise TypeError(
+            "`frequencies` must be numbers, one per id. "
+            f"Received an array of dtype {array.dtype}."
+        )
+    if array.shape != (input_dim,):
+        raise ValueError(
+            f"`frequencies` must have shape (input_dim,) = ({input_dim},). "
+            f"Received shape {array.shape}."
+        )
+    array = array.astype(np.float64)
+    bad = ~np.isfinite(array) | (array < 0)
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise ValueError(
+            "`frequencies` must be finite and non-negative. "
+            f"Received frequencies[{index}]={array[index]}."
+        )
+    return array
+
+
+def group_sizes(input_dim: int, num_groups: int) -> np.ndarray:
+    """Rows per group: `min(num_groups, input_dim)` equal groups, the last (most
+    frequent) one taking the remainder.
+
+    Example:
+
+    >>> group_sizes(10, 3)
+    array([3, 3, 4])
+    >>> group_sizes(2, 128)
+    array([1, 1])
+    """
+    count = min(num_groups, input_dim)
+    sizes = np.full(count, input_dim // count, dtype=np.int64)
+    sizes[-1] += input_dim % count
+    return sizes
+
+
+def frequency_groups(
+    frequencies: np.ndarray, num_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Assigns each id to a frequency group and weighs the groups.
+
+    Args:
+        frequencies: float64 `[V]` id counts (all zeros: ids ranked by descending
+            frequency, as `StringLookup` numbers them).
+        num_groups: the number of groups wanted; `min(num_groups, V)` are made.
+
+    Returns:
+        `(id_to_group, group_masses)`: int32 `[V]` group of each id (0 = rarest) and
+        float32 `[G]` masses `c_g`: the group's total count over the smallest positive
+        group total. Groups with no counts at all get mass 1, like the lightest group,
+        and so do all groups when no id has a count.
+
+    Example:
+
+    >>> frequency_groups(np.array([5.0, 1.0, 0.0, 2.0]), 2)
+    (array([1, 0, 0, 1], dtype=int32), array([1., 7.], dtype=float32))
+    """
+    input_dim = frequencies.shape[0]
+    ids = np.arange(input_dim)
+    ascending = np.lexsort((-ids, frequencies))
+    sizes = group_sizes(input_dim, num_groups)
+    id_to_group = np.empty(input_dim, dtype=np.int32)
+    id_to_group[ascending] = np.repeat(np.arange(sizes.size, dtype=np.int32), sizes)
+    totals = np.bincount(id_to_group, weights=frequencies, minlength=sizes.size)
+    positive = totals[totals > 0]
+    lightest = positive.min() if positive.size else 1.0
+    masses = np.maximum(totals, lightest) / lightest
+    return id_to_group, masses.astype(np.float32)
+
+
+def groups_are_contiguous(id_to_group: np.ndarray) -> bool:
+    """Whether every group is one contiguous range of ids.
+
+    Then a packed table needs no per-id index: a group is found from the id alone.
+
+    Example:
+
+    >>> groups_are_contiguous(np.array([1, 1, 0, 0]))
+    True
+    >>> groups_are_contiguous(np.array([1, 0, 1, 0]))
+    False
+    """
+    changes = int(np.count_nonzero(np.diff(id_to_group)))
+    return changes == np.unique(id_to_group).size - 1
