@@ -9,6 +9,9 @@ import tensorflow as tf
 keras = tf.keras
 IS_KERAS_3 = not keras.layers.Layer.__module__.startswith("tf_keras")
 
+# Keras 3 passes symbolic KerasTensors to `compute_mask`; they need Keras ops.
+not_equal = keras.ops.not_equal if IS_KERAS_3 else tf.not_equal
+
 
 def set_variable_trainable(layer, variable, trainable: bool) -> None:
     """Marks one of `layer`'s own variables trainable or not, in either flavour.

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mpe import grouping, precision, quantizers
-from keras_mpe.backend import IS_KERAS_3, keras, set_variable_trainable
+from keras_mpe.backend import IS_KERAS_3, keras, not_equal, set_variable_trainable
 
 MAX_BITS = 8
 SEARCH, RETRAIN = "search", "retrain"
@@ -22,9 +22,7 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 
 def _check_positive_float(name: str, value: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, bool
-    )
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     if ok:
         ok = np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
@@ -43,16 +41,12 @@ def _check_bit_widths(bit_widths: Any) -> tuple[int, ...]:
         values = None
     if (
         not values
-        or not all(
-            isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in values
-        )
+        or not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in values)
         or any(b < 0 or b > MAX_BITS for b in values)
         or any(a >= b for a, b in zip(values, values[1:]))
         or max(values) == 0
     ):
-        raise ValueError(
-            f"`bit_widths` must be {expected}. Received: bit_widths={bit_widths!r}"
-        )
+        raise ValueError(f"`bit_widths` must be {expected}. Received: bit_widths={bit_widths!r}")
     return tuple(int(b) for b in values)
 
 
@@ -152,9 +146,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         _check_positive_float("temperature", temperature)
         _check_positive_float("bit_penalty", bit_penalty, allow_zero=True)
         if not isinstance(mask_zero, bool):
-            raise ValueError(
-                f"`mask_zero` must be a bool. Received: mask_zero={mask_zero!r}"
-            )
+            raise ValueError(f"`mask_zero` must be a bool. Received: mask_zero={mask_zero!r}")
         self.input_dim = int(input_dim)
         self.output_dim = int(output_dim)
         self.num_groups = int(num_groups)
@@ -162,13 +154,12 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.initial_temperature = float(temperature)
         self.initial_bit_penalty = float(bit_penalty)
         self._initial_frequencies = (
-            np.zeros(self.input_dim)
+            np.zeros(self.input_dim, np.int64)
             if frequencies is None
             else grouping.validate_frequencies(frequencies, self.input_dim)
         )
         self.embeddings_initializer = keras.initializers.get(
-            embeddings_initializer
-            or keras.initializers.RandomNormal(mean=0.0, stddev=0.003)
+            embeddings_initializer or keras.initializers.RandomNormal(mean=0.0, stddev=0.003)
         )
         self.mask_zero = mask_zero
         self.supports_masking = mask_zero
@@ -179,56 +170,74 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     def build(self, input_shape: Any = None) -> None:
         """Creates the table, the quantizer and precision variables and the groups."""
         num_bits = len(self.bit_widths)
-        self.embeddings = self.add_weight(
-            name="embeddings",
-            shape=(self.input_dim, self.output_dim),
-            initializer=self.embeddings_initializer,
-            dtype="float32",
+        self.embeddings = self._add_weight(
+            "embeddings", (self.input_dim, self.output_dim), self._initial_table
         )
-        self.step_sizes = self.add_weight(
-            name="step_sizes",
-            shape=(len(self._nonzero_bit_widths),),
-            initializer=self._initial_step_sizes,
-            dtype="float32",
+        self.step_sizes = self._add_weight(
+            "step_sizes", (len(self._nonzero_bit_widths),), self._initial_step_sizes
         )
-        self.offset = self.add_weight(
-            name="offset", shape=(self.output_dim,), initializer="zeros", dtype="float32"
+        self.offset = self._add_weight("offset", (self.output_dim,), "zeros")
+        self.precision_logits = self._add_weight(
+            "precision_logits", (self.groups, num_bits), "zeros"
         )
-        self.precision_logits = self.add_weight(
-            name="precision_logits",
-            shape=(self.groups, num_bits),
-            initializer="zeros",
-            dtype="float32",
+        id_to_group, masses = grouping.frequency_groups(self._initial_frequencies, self.num_groups)
+        self.temperature = self._add_state("temperature", self.initial_temperature)
+        self.bit_penalty = self._add_state("bit_penalty", self.initial_bit_penalty)
+        self.frequencies = self._add_state("frequencies", self._initial_frequencies, "int64")
+        self.id_to_group = self._add_state("id_to_group", id_to_group, "int32")
+        self.group_masses = self._add_state("group_masses", masses)
+        self.group_bit_widths = self._add_state(
+            "group_bit_widths", np.full(self.groups, max(self.bit_widths)), "int32"
         )
-        self.temperature = self._add_state("temperature", (), "float32")
-        self.bit_penalty = self._add_state("bit_penalty", (), "float32")
-        self.frequencies = self._add_state("frequencies", (self.input_dim,), "float64")
-        self.id_to_group = self._add_state("id_to_group", (self.input_dim,), "int32")
-        self.group_masses = self._add_state("group_masses", (self.groups,), "float32")
-        self.group_bit_widths = self._add_state("group_bit_widths", (self.groups,), "int32")
-        self.precision_frozen = self._add_state("precision_frozen", (), "int32")
-        self.temperature.assign(self.initial_temperature)
-        self.bit_penalty.assign(self.initial_bit_penalty)
-        self.group_bit_widths.assign(np.full(self.groups, max(self.bit_widths), np.int32))
-        self._set_frequencies(self._initial_frequencies)
+        self.precision_frozen = self._add_state("precision_frozen", 0, "int32")
         self.built = True
 
-    def _add_state(self, name: str, shape: tuple, dtype: str):
+    def _add_weight(self, name, shape, initializer, dtype="float32", trainable=True):
+        """`add_weight`, never autocast: quantization always runs in float32."""
         return self.add_weight(
-            name=name, shape=shape, initializer="zeros", dtype=dtype, trainable=False
+            name=name,
+            shape=shape,
+            initializer=initializer,
+            dtype=dtype,
+            trainable=trainable,
+            autocast=False,
         )
 
-    def _initial_step_sizes(self, shape: Any, dtype: Any = None) -> tf.Tensor:
-        """`alpha_b = 2 * mean|W0| / sqrt(2**(b-1))` over the initial table."""
-        mean_abs = float(tf.reduce_mean(tf.abs(self.embeddings)))
-        if mean_abs == 0.0:
+    def _add_state(self, name: str, value: Any, dtype: str = "float32"):
+        """A non-trainable variable starting at `value`.
+
+        Set through its initializer, not `assign`: Keras may build the layer while
+        tracing a train function, where an `assign` would run at every step.
+        """
+        value = np.asarray(value, dtype)
+        return self._add_weight(
+            name,
+            value.shape,
+            lambda shape, dtype=None: tf.constant(value),
+            dtype=dtype,
+            trainable=False,
+        )
+
+    def _initial_table(self, shape: Any, dtype: Any = None) -> tf.Tensor:
+        """Draws the table and remembers its mean |value| for the step sizes.
+
+        Keras may defer variable initialization (e.g. when a subclassed model is
+        built inside `fit`), so the step sizes must not read the table variable.
+        """
+        table = tf.convert_to_tensor(self.embeddings_initializer(shape, "float32"))
+        self._initial_mean_abs = tf.reduce_mean(tf.abs(table))
+        if tf.executing_eagerly() and float(self._initial_mean_abs) == 0.0:
             raise ValueError(
                 "`embeddings_initializer` gave an all-zero table; the step sizes start "
                 "at 2 * mean|table| / sqrt(2**(bits-1)), so the table must not be zero. "
                 f"Received: embeddings_initializer={self.embeddings_initializer!r}"
             )
+        return table
+
+    def _initial_step_sizes(self, shape: Any, dtype: Any = None) -> tf.Tensor:
+        """`alpha_b = 2 * mean|W0| / sqrt(2**(b-1))` over the initial table."""
         bits = np.asarray(self._nonzero_bit_widths, np.float32)
-        return tf.constant(2.0 * mean_abs / np.sqrt(2.0 ** (bits - 1.0)), tf.float32)
+        return self._initial_mean_abs * (2.0 / np.sqrt(2.0 ** (bits - 1.0)))
 
     # ------------------------------------------------------------ frequencies
     def adapt(self, data: Any) -> None:
@@ -294,7 +303,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         return [quantizers.lsq_grad_scale(b, size) for b in range(MAX_BITS + 1)]
 
     def _search_rows(self, rows: tf.Tensor, groups: tf.Tensor) -> tf.Tensor:
-        probabilities = tf.gather(self._probabilities(), groups)
+        probabilities = quantizers.small_table_gather(self._probabilities(), groups)
         return quantizers.mixture_quantize(
             rows,
             probabilities,
@@ -308,7 +317,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         bits = tf.gather(self.group_bit_widths, groups)[:, None]
         return quantizers.lsq_quantize(
             rows,
-            tf.gather(self._padded_step_sizes(), bits),
+            quantizers.small_table_gather(self._padded_step_sizes(), bits),
             self.offset,
             bits,
             tf.gather(self._grad_scales(), bits),
@@ -328,7 +337,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     def compute_mask(self, inputs: tf.Tensor, mask: Any = None) -> Any:
         if not self.mask_zero:
             return None
-        return tf.not_equal(inputs, 0)
+        return not_equal(inputs, 0)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         shape = tuple(input_shape) + (self.output_dim,)
@@ -395,9 +404,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         3000
         """
         id_to_group = self.id_to_group.numpy()
-        bits = (
-            self.group_bit_widths.numpy() if self.state == RETRAIN else self.expected_bits()
-        )
+        bits = self.group_bit_widths.numpy() if self.state == RETRAIN else self.expected_bits()
         return precision.memory_report(
             rows_per_group=np.bincount(id_to_group, minlength=self.groups),
             bits_per_group=bits,

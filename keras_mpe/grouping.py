@@ -31,9 +31,7 @@ def _integer_chunks(data: Any) -> Iterable[np.ndarray]:
         data = data.numpy()
     array = np.asarray(data)
     if not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(
-            f"`data` must hold integer ids. Received an array of dtype {array.dtype}."
-        )
+        raise TypeError(f"`data` must hold integer ids. Received an array of dtype {array.dtype}.")
     flat = array.reshape(-1)
     for start in range(0, flat.size, _CHUNK):
         yield flat[start : start + _CHUNK]
@@ -50,12 +48,12 @@ def count_frequencies(data: Any, input_dim: int) -> np.ndarray:
         input_dim: the number of ids.
 
     Returns:
-        float64 `[input_dim]` counts.
+        int64 `[input_dim]` counts.
 
     Example:
 
     >>> count_frequencies(np.array([[0, 2], [2, 2]]), 4)
-    array([1., 0., 3., 0.])
+    array([1, 0, 3, 0])
     """
     counts = np.zeros(input_dim, dtype=np.int64)
     for chunk in _integer_chunks(data):
@@ -69,26 +67,25 @@ def count_frequencies(data: Any, input_dim: int) -> np.ndarray:
                 "Map out-of-vocabulary values to an id in range before `adapt()`."
             )
         counts += np.bincount(chunk, minlength=input_dim)
-    return counts.astype(np.float64)
+    return counts
 
 
 def validate_frequencies(frequencies: Any, input_dim: int) -> np.ndarray:
-    """Checks that `frequencies` are `input_dim` finite non-negative numbers.
+    """Checks that `frequencies` are `input_dim` non-negative whole-number counts.
 
-    Returns them as float64.
+    Returns them as int64.
 
     Example:
 
-    >>> validate_frequencies([3, 1, 0], 3)
-    array([3., 1., 0.])
+    >>> validate_frequencies([3, 1.0, 0], 3)
+    array([3, 1, 0])
     """
     array = np.asarray(frequencies)
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
     ):
         raise TypeError(
-            "`frequencies` must be numbers, one per id. "
-            f"Received an array of dtype {array.dtype}."
+            f"`frequencies` must be numbers, one per id. Received an array of dtype {array.dtype}."
         )
     if array.shape != (input_dim,):
         raise ValueError(
@@ -96,14 +93,14 @@ def validate_frequencies(frequencies: Any, input_dim: int) -> np.ndarray:
             f"Received shape {array.shape}."
         )
     array = array.astype(np.float64)
-    bad = ~np.isfinite(array) | (array < 0)
+    bad = ~np.isfinite(array) | (array < 0) | (array != np.round(array))
     if bad.any():
         index = int(np.argmax(bad))
         raise ValueError(
-            "`frequencies` must be finite and non-negative. "
+            "`frequencies` must be non-negative whole-number counts. "
             f"Received frequencies[{index}]={array[index]}."
         )
-    return array
+    return array.astype(np.int64)
 
 
 def group_sizes(input_dim: int, num_groups: int) -> np.ndarray:
@@ -123,13 +120,11 @@ def group_sizes(input_dim: int, num_groups: int) -> np.ndarray:
     return sizes
 
 
-def frequency_groups(
-    frequencies: np.ndarray, num_groups: int
-) -> tuple[np.ndarray, np.ndarray]:
+def frequency_groups(frequencies: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Assigns each id to a frequency group and weighs the groups.
 
     Args:
-        frequencies: float64 `[V]` id counts (all zeros: ids ranked by descending
+        frequencies: `[V]` id counts (all zeros: ids ranked by descending
             frequency, as `StringLookup` numbers them).
         num_groups: the number of groups wanted; `min(num_groups, V)` are made.
 

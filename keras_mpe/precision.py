@@ -30,7 +30,7 @@ def select_bit_widths(probabilities: np.ndarray, bit_widths: np.ndarray) -> np.n
 
     Example:
 
-    >>> select_bit_widths(np.array([[0.9, 0.08, 0.02], [0.1, 0.2, 0.7]]),
+    >>> select_bit_widths(np.array([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]]),
     ...                   np.array([0, 2, 4]))
     array([2, 4], dtype=int32)
     """
@@ -40,8 +40,9 @@ def select_bit_widths(probabilities: np.ndarray, bit_widths: np.ndarray) -> np.n
     return np.asarray(bit_widths, dtype=np.int32)[last]
 
 
-def payload_words(rows_per_group: np.ndarray, bits_per_group: np.ndarray, output_dim: int
-                  ) -> np.ndarray:
+def payload_words(
+    rows_per_group: np.ndarray, bits_per_group: np.ndarray, output_dim: int
+) -> np.ndarray:
     """uint32 words of codes each group takes (fractional bits allowed, for estimates).
 
     Example:
@@ -111,7 +112,5 @@ def memory_report(
         "total_bytes": total,
         "float32_bytes": float32_bytes,
         "compression_ratio": float32_bytes / total,
-        "payload_compression_ratio": (
-            float32_bytes / payload if payload else float("inf")
-        ),
+        "payload_compression_ratio": (float32_bytes / payload if payload else float("inf")),
     }

@@ -45,13 +45,15 @@ def quantization_range(bits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return -half, tf.maximum(half - 1.0, 0.0)
 
 
+@tf.function(jit_compile=True)
 def quantize_codes(
     values: tf.Tensor, step_size: tf.Tensor, offset: tf.Tensor, bits: tf.Tensor
 ) -> tf.Tensor:
     """Signed integer codes `clip(round((values - offset) / step_size))`, as float32.
 
     This is the one place the rounding happens: the fake quantizers and the packed
-    export share it, so packed codes match training bit for bit.
+    export share it, so packed codes match training bit for bit. Like the other
+    kernels here it is compiled with XLA, which fuses its element-wise steps.
 
     Example:
 
@@ -80,6 +82,30 @@ def _sum_to_shape(gradient: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.reduce_sum(gradient, axis=axes), shape)
 
 
+@tf.function(jit_compile=True)
+def _lsq_quantize(values, step_size, offset, bits, grad_scale):
+    low, high = quantization_range(bits)
+    keep = tf.cast(bits > 0, tf.float32)
+
+    @tf.custom_gradient
+    def quantize(values, step_size, offset):
+        v = (values - offset) / step_size
+        codes = tf.clip_by_value(tf.round(v), low, high)
+        outputs = (codes * step_size + offset) * keep
+
+        def grad(dy):
+            dvalues, step_term, offset_term = _straight_through_terms(v, low, high, dy * keep)
+            return (
+                dvalues,
+                _sum_to_shape(grad_scale * step_term, step_size),
+                _sum_to_shape(grad_scale * offset_term, offset),
+            )
+
+        return outputs, grad
+
+    return quantize(values, step_size, offset)
+
+
 def lsq_quantize(
     values: tf.Tensor,
     step_size: tf.Tensor,
@@ -88,6 +114,8 @@ def lsq_quantize(
     grad_scale: tf.Tensor,
 ) -> tf.Tensor:
     """Fake-quantizes `values` with the LSQ+ quantizer and its custom gradient.
+
+    Compiled with XLA, which fuses the element-wise steps of both directions.
 
     Args:
         values: float32 `[N, D]`, the rows to quantize.
@@ -107,34 +135,53 @@ def lsq_quantize(
     >>> lsq_quantize(tf.constant([[0.26, -9.0]]), 0.5, tf.zeros([2]), 2, 1.0).numpy()
     array([[ 0.5, -1. ]], dtype=float32)
     """
-    bits = tf.convert_to_tensor(bits, tf.int32)
-    low, high = quantization_range(bits)
-    keep = tf.cast(bits > 0, tf.float32)
-    grad_scale = tf.convert_to_tensor(grad_scale, tf.float32)
+    return _lsq_quantize(
+        tf.convert_to_tensor(values, tf.float32),
+        tf.convert_to_tensor(step_size, tf.float32),
+        tf.convert_to_tensor(offset, tf.float32),
+        tf.convert_to_tensor(bits, tf.int32),
+        tf.convert_to_tensor(grad_scale, tf.float32),
+    )
+
+
+@tf.function(jit_compile=True)
+def _mixture_quantize(values, probabilities, step_sizes, offset, bit_widths, grad_scales):
+    nonzero = [k for k, bits in enumerate(bit_widths) if bits > 0]
 
     @tf.custom_gradient
-    def quantize(values, step_size, offset):
-        v = (values - offset) / step_size
-        codes = tf.clip_by_value(tf.round(v), low, high)
-        outputs = (codes * step_size + offset) * keep
+    def quantize(values, probabilities, step_sizes, offset):
+        outputs = tf.zeros_like(values)
+        scaled = {}
+        for k in nonzero:
+            low, high = quantization_range(tf.constant(bit_widths[k]))
+            v = (values - offset) / step_sizes[k]
+            quantized = tf.clip_by_value(tf.round(v), low, high) * step_sizes[k] + offset
+            scaled[k] = (v, low, high, quantized)
+            outputs += probabilities[:, k : k + 1] * quantized
 
         def grad(dy):
-            dvalues, step_term, offset_term = _straight_through_terms(
-                v, low, high, dy * keep
-            )
+            dvalues = tf.zeros_like(values)
+            dprobabilities = [tf.zeros_like(probabilities[:, 0])] * len(bit_widths)
+            dstep_sizes = [tf.zeros([])] * len(bit_widths)
+            doffset = tf.zeros_like(offset)
+            for k in nonzero:
+                v, low, high, quantized = scaled[k]
+                p = probabilities[:, k : k + 1]
+                dprobabilities[k] = tf.reduce_sum(dy * quantized, axis=1)
+                d_k, step_term, offset_term = _straight_through_terms(v, low, high, dy * p)
+                dvalues += d_k
+                dstep_sizes[k] = grad_scales[k] * tf.reduce_sum(step_term)
+                doffset += grad_scales[k] * tf.reduce_sum(offset_term, axis=0)
             return (
                 dvalues,
-                _sum_to_shape(grad_scale * step_term, step_size),
-                _sum_to_shape(grad_scale * offset_term, offset),
+                tf.stack(dprobabilities, axis=1),
+                tf.stack(dstep_sizes),
+                doffset,
             )
 
         return outputs, grad
 
-    return quantize(
-        tf.convert_to_tensor(values, tf.float32),
-        tf.convert_to_tensor(step_size, tf.float32),
-        tf.convert_to_tensor(offset, tf.float32),
-    )
+    return quantize(values, probabilities, step_sizes, offset)
 
 
 def mixture_quantize(
@@ -147,8 +194,9 @@ def mixture_quantize(
 ) -> tf.Tensor:
     """The expectation over bit-widths `sum_k p_k * quantize_k(values)`, in one op.
 
-    One custom gradient covers the whole mixture, so the backward pass reuses the
-    scaled values of the forward pass instead of differentiating K quantizers apart.
+    One custom gradient covers the whole mixture and both directions are compiled
+    with XLA, so each pass streams over the rows once instead of once per op and
+    bit-width.
 
     Args:
         values: float32 `[N, D]`.
@@ -169,41 +217,46 @@ def mixture_quantize(
     ...                  (0.0, 1.0)).numpy()
     array([[0.25]], dtype=float32)
     """
-    nonzero = [k for k, bits in enumerate(bit_widths) if bits > 0]
+    return _mixture_quantize(
+        *(
+            tf.convert_to_tensor(x, tf.float32)
+            for x in (values, probabilities, step_sizes, offset)
+        ),
+        tuple(int(b) for b in bit_widths),
+        tuple(float(s) for s in grad_scales),
+    )
+
+
+def small_table_gather(table: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+    """`tf.gather(table, indices)` for a small table, with a dense gradient.
+
+    The gradient is a one-hot matrix product instead of a scatter-add: XLA on CPU
+    runs scatter-adds of many repeated indices (every looked-up row hits one of a
+    few groups) about a hundred times slower.
+
+    Args:
+        table: float32 `[T, ...]` with T small (groups, bit-widths).
+        indices: int32 indices into the first axis of `table`, any shape.
+
+    Returns:
+        `indices.shape + table.shape[1:]`.
+
+    Example:
+
+    >>> small_table_gather(tf.constant([[1.0], [2.0]]), tf.constant([1, 1, 0])).numpy()
+    array([[2.],
+           [2.],
+           [1.]], dtype=float32)
+    """
 
     @tf.custom_gradient
-    def quantize(values, probabilities, step_sizes, offset):
-        centered = values - offset
-        outputs = tf.zeros_like(values)
-        scaled = {}
-        for k in nonzero:
-            low, high = quantization_range(tf.constant(bit_widths[k]))
-            v = centered / step_sizes[k]
-            scaled[k] = (v, low, high)
-            quantized = tf.clip_by_value(tf.round(v), low, high) * step_sizes[k] + offset
-            outputs += probabilities[:, k : k + 1] * quantized
-
+    def gather(table):
         def grad(dy):
-            dvalues = tf.zeros_like(values)
-            dprobabilities = [tf.zeros_like(probabilities[:, 0])] * len(bit_widths)
-            dstep_sizes = [tf.zeros([])] * len(bit_widths)
-            doffset = tf.zeros_like(offset)
-            for k in nonzero:
-                v, low, high = scaled[k]
-                p = probabilities[:, k : k + 1]
-                quantized = tf.clip_by_value(tf.round(v), low, high) * step_sizes[k]
-                dprobabilities[k] = tf.reduce_sum(dy * (quantized + offset), axis=1)
-                d_k, step_term, offset_term = _straight_through_terms(v, low, high, dy * p)
-                dvalues += d_k
-                dstep_sizes[k] = grad_scales[k] * tf.reduce_sum(step_term)
-                doffset += grad_scales[k] * tf.reduce_sum(offset_term, axis=0)
-            return (
-                dvalues,
-                tf.stack(dprobabilities, axis=1),
-                tf.stack(dstep_sizes),
-                doffset,
-            )
+            rows = tf.shape(table)[0]
+            one_hot = tf.reshape(tf.one_hot(indices, rows, dtype=dy.dtype), [-1, rows])
+            flat_dy = tf.reshape(dy, [tf.shape(one_hot)[0], -1])
+            return tf.reshape(tf.matmul(one_hot, flat_dy, transpose_a=True), tf.shape(table))
 
-        return outputs, grad
+        return tf.gather(table, indices), grad
 
-    return quantize(values, probabilities, step_sizes, offset)
+    return gather(tf.convert_to_tensor(table, tf.float32))

@@ -1,0 +1,481 @@
+"""MixedPrecisionEmbedding: values, gradients, states, saving and errors."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from reference import mixture, quantize, softmax
+
+from keras_mpe import MixedPrecisionEmbedding
+from keras_mpe.backend import keras
+
+BITS = (0, 1, 2, 3, 4, 5, 6)
+
+
+def names(variables):
+    """Variable names without scopes or suffixes, the same in both flavours."""
+    return [v.name.split("/")[-1].split(":")[0] for v in variables]
+
+
+def _layer(input_dim=40, output_dim=4, **kwargs):
+    layer = MixedPrecisionEmbedding(input_dim, output_dim, **kwargs)
+    layer.build()
+    return layer
+
+
+def _randomize_logits(layer, seed=0):
+    rng = np.random.default_rng(seed)
+    layer.precision_logits.assign(
+        rng.normal(scale=0.01, size=layer.precision_logits.shape).astype(np.float32)
+    )
+
+
+def _search_reference(layer, ids):
+    table = layer.embeddings.numpy()
+    probabilities = softmax(layer.precision_logits.numpy(), layer.temperature.numpy())
+    alphas = dict(zip([b for b in layer.bit_widths if b], layer.step_sizes.numpy()))
+    groups = layer.id_to_group.numpy()[ids.reshape(-1)]
+    out = mixture(
+        table[ids.reshape(-1)],
+        probabilities[groups],
+        [alphas.get(b, 1.0) for b in layer.bit_widths],
+        layer.offset.numpy(),
+        layer.bit_widths,
+    )
+    return out.reshape(ids.shape + (layer.output_dim,))
+
+
+def _retrain_reference(layer, ids):
+    table = layer.embeddings.numpy()
+    alphas = dict(zip([b for b in layer.bit_widths if b], layer.step_sizes.numpy()))
+    bits = layer.group_bit_widths.numpy()[layer.id_to_group.numpy()]
+    rows = [
+        quantize(table[i : i + 1], alphas.get(bits[i], 1.0), layer.offset.numpy(), bits[i])[0]
+        for i in ids.reshape(-1)
+    ]
+    return np.stack(rows).reshape(ids.shape + (layer.output_dim,))
+
+
+def test_public_api():
+    import keras_mpe
+
+    assert keras_mpe.MixedPrecisionEmbedding is MixedPrecisionEmbedding
+    assert isinstance(keras_mpe.__version__, str)
+
+
+def test_variables_and_initial_values():
+    layer = _layer(
+        100,
+        8,
+        num_groups=10,
+        embeddings_initializer=keras.initializers.RandomNormal(0, 0.1, seed=1),
+    )
+    table = layer.embeddings.numpy()
+    assert names(layer.trainable_weights) == [
+        "embeddings",
+        "step_sizes",
+        "offset",
+        "precision_logits",
+    ]
+    mean_abs = np.abs(table).mean()
+    expected = [2 * mean_abs / np.sqrt(2.0 ** (b - 1)) for b in range(1, 7)]
+    np.testing.assert_allclose(layer.step_sizes.numpy(), expected, rtol=1e-5)
+    np.testing.assert_array_equal(layer.offset.numpy(), np.zeros(8))
+    np.testing.assert_array_equal(layer.precision_logits.numpy(), np.zeros((10, 7)))
+    assert layer.temperature.numpy() == pytest.approx(3e-3)
+    assert layer.state == "search"
+    # no frequencies: id 0 is the most frequent, so it sits in the last group
+    assert layer.id_to_group.numpy()[0] == 9 and layer.id_to_group.numpy()[-1] == 0
+
+
+def test_default_initializer_is_normal_with_stddev_0_003():
+    table = _layer(2000, 16).embeddings.numpy()
+    assert abs(table.mean()) < 3e-4 and table.std() == pytest.approx(0.003, rel=0.05)
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 3, 2)])
+def test_search_output_matches_reference_for_any_input_shape(shape):
+    layer = _layer(40, 4, num_groups=5, frequencies=np.arange(40) % 7)
+    _randomize_logits(layer)
+    ids = np.random.default_rng(1).integers(0, 40, size=shape)
+    out = layer(ids)
+    assert out.shape == shape + (4,)
+    np.testing.assert_allclose(out.numpy(), _search_reference(layer, ids), atol=1e-6)
+
+
+def test_retrain_output_matches_reference():
+    layer = _layer(40, 4, num_groups=5)
+    layer.freeze_precision([0, 1, 3, 6, 2])
+    ids = np.arange(40).reshape(8, 5)
+    np.testing.assert_allclose(layer(ids).numpy(), _retrain_reference(layer, ids), atol=1e-6)
+    # the pruned group (0 = the rarest ids 32..39) looks up zeros
+    np.testing.assert_array_equal(layer(np.arange(32, 40)).numpy(), np.zeros((8, 4)))
+
+
+def test_uniform_precision_with_a_single_bit_width():
+    layer = _layer(30, 3, bit_widths=(4,))
+    ids = np.arange(30)
+    expected = quantize(layer.embeddings.numpy(), layer.step_sizes.numpy()[0], 0.0, 4)
+    np.testing.assert_allclose(layer(ids).numpy(), expected, atol=1e-6)
+    assert layer.select_bit_widths().tolist() == [4] * layer.groups
+
+
+@pytest.mark.parametrize("bad_id", [-1, 40, 2**31 - 1])
+def test_out_of_range_ids_look_up_zeros_and_pass_no_gradient(bad_id):
+    layer = _layer(40, 4, num_groups=5)
+    ids = tf.constant([[3, bad_id]], tf.int64)
+    with tf.GradientTape() as tape:
+        out = layer(ids)
+        loss = tf.reduce_sum(out)
+    np.testing.assert_array_equal(out.numpy()[0, 1], np.zeros(4))
+    assert np.abs(out.numpy()[0, 0]).sum() > 0
+    grad = tape.gradient(loss, layer.embeddings)
+    dense = tf.convert_to_tensor(grad).numpy()
+    assert np.count_nonzero(np.abs(dense).sum(axis=1)) <= 1  # only row 3, never row 0
+    assert np.abs(dense[0]).sum() == 0
+
+
+def test_int64_ids_beyond_int32_are_out_of_range_not_wrapped():
+    layer = _layer(40, 4)
+    out = layer(tf.constant([2**32 + 3], tf.int64))
+    np.testing.assert_array_equal(out.numpy(), np.zeros((1, 4)))
+
+
+@pytest.mark.parametrize("state", ["search", "retrain"])
+def test_table_gradient_is_sparse_over_looked_up_rows(state):
+    layer = _layer(1000, 4)
+    if state == "retrain":
+        layer.freeze_precision(np.full(layer.groups, 4))
+    ids = tf.constant([[1, 5, 5], [7, 1, 2]])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(ids) ** 2)
+    grad = tape.gradient(loss, layer.embeddings)
+    assert isinstance(grad, tf.IndexedSlices)
+    assert grad.values.shape == (6, 4)
+
+
+def test_search_gradients_match_autodiff_of_the_reference_mixture():
+    """Gradients of the table rows, step sizes, offset and logits against autodiff
+    through the composition of single-width quantizers (checked by formula elsewhere)."""
+    from keras_mpe import quantizers
+
+    layer = _layer(40, 4, num_groups=5, bit_penalty=0.0)
+    _randomize_logits(layer, seed=3)
+    layer.offset.assign([0.001, -0.002, 0.0, 0.003])
+    ids = np.array([[0, 5, 39], [20, 20, 11]])
+    dy = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    variables = [
+        layer.embeddings,
+        layer.step_sizes,
+        layer.offset,
+        layer.precision_logits,
+    ]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(ids) * dy)
+    got = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, variables)]
+
+    scale = [quantizers.lsq_grad_scale(b, 160) for b in BITS]
+    with tf.GradientTape() as tape:
+        flat = ids.reshape(-1)
+        rows = tf.gather(layer.embeddings, flat)
+        probs = tf.gather(
+            tf.nn.softmax(layer.precision_logits / layer.temperature),
+            layer.id_to_group.numpy()[flat],
+        )
+        parts = [
+            probs[:, k : k + 1]
+            * quantizers.lsq_quantize(rows, layer.step_sizes[k - 1], layer.offset, b, scale[b])
+            for k, b in enumerate(BITS)
+            if b
+        ]
+        loss = tf.reduce_sum(tf.reshape(tf.add_n(parts), dy.shape) * dy)
+    want = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, variables)]
+    for name, g, w in zip(["table", "step", "offset", "logits"], got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert np.abs(got[3]).sum() > 0
+
+
+def test_bit_penalty_is_added_as_a_loss_by_formula():
+    frequencies = np.arange(40, dtype=float)[::-1] ** 2
+    layer = _layer(40, 4, num_groups=4, bit_penalty=0.5, frequencies=frequencies)
+    _randomize_logits(layer, seed=2)
+    layer(np.array([1, 2]))
+    probabilities = softmax(layer.precision_logits.numpy(), 3e-3)
+    expected_bits = probabilities @ np.array(BITS, np.float32)
+    np.testing.assert_allclose(layer.expected_bits(), expected_bits, rtol=1e-5)
+    totals = [sum(frequencies[layer.id_to_group.numpy() == g]) for g in range(4)]
+    masses = np.array(totals) / min(totals)
+    assert len(layer.losses) == 1
+    np.testing.assert_allclose(
+        float(layer.losses[0]), 0.5 * np.sum(expected_bits / masses), rtol=1e-5
+    )
+    layer.freeze_precision()
+    layer(np.array([1, 2]))
+    assert float(layer.losses[-1]) == 0.0
+
+
+def test_select_bit_widths_uses_the_mpe_rule():
+    layer = _layer(40, 4, num_groups=2, bit_widths=(0, 2, 4), temperature=1.0)
+    # group 0: p = softmax([2, 0, -3]) -> (0.876, 0.118, 0.006): 0 and 2 pass 1/6? no,
+    # only 0 does; group 1: uniform -> the largest width, 4
+    layer.precision_logits.assign([[2.0, 0.0, -3.0], [0.0, 0.0, 0.0]])
+    assert layer.select_bit_widths().tolist() == [0, 4]
+
+
+def test_adapt_regroups_by_counted_frequencies():
+    layer = MixedPrecisionEmbedding(6, 2, num_groups=3)
+    ids = np.array([5, 5, 5, 5, 4, 4, 4, 3, 3, 2])
+    layer.adapt(tf.data.Dataset.from_tensor_slices(ids).batch(3))
+    np.testing.assert_array_equal(layer.frequencies.numpy(), [0, 0, 1, 2, 3, 4])
+    assert layer.id_to_group.numpy().tolist() == [0, 0, 1, 1, 2, 2]
+    # group totals 0 (ids 1, 0), 3 (ids 2, 3), 7 (ids 4, 5); the empty one weighs 1
+    np.testing.assert_allclose(layer.group_masses.numpy(), [1.0, 1.0, 7.0 / 3.0])
+
+
+def test_fewer_ids_than_groups():
+    layer = _layer(3, 2, num_groups=128)
+    assert layer.groups == 3 and layer.precision_logits.shape == (3, 7)
+    assert layer(np.array([0, 1, 2])).shape == (3, 2)
+
+
+def test_mask_zero():
+    layer = _layer(10, 2, mask_zero=True)
+    mask = layer.compute_mask(tf.constant([[0, 3, 0]]))
+    assert mask.numpy().tolist() == [[False, True, False]]
+    assert _layer(10, 2).compute_mask(tf.constant([[0, 3]])) is None
+
+
+def test_memory_report_in_both_states():
+    layer = _layer(1024, 16, num_groups=4)
+    report = layer.memory_report()
+    np.testing.assert_allclose(report["bits_per_group"], [3.0] * 4)  # uniform over 0..6
+    layer.freeze_precision([0, 0, 2, 4])
+    report = layer.memory_report()
+    assert report["rows_per_group"].tolist() == [256] * 4
+    assert report["payload_bytes"] == 256 * 16 * 6 // 8
+    assert report["overhead_bytes"] == 4 * (6 + 16 + 3 * 4)
+    assert report["compression_ratio"] == pytest.approx(1024 * 16 * 4 / (3072 + 4 * 34))
+
+
+def test_memory_report_counts_a_permutation_for_scattered_groups():
+    frequencies = np.tile([5.0, 1.0], 50)  # frequent and rare ids alternate
+    layer = _layer(100, 4, num_groups=2, frequencies=frequencies)
+    contiguous = _layer(100, 4, num_groups=2)
+    extra = layer.memory_report()["overhead_bytes"] - contiguous.memory_report()["overhead_bytes"]
+    assert extra == 4 * int(np.ceil(100 * 7 / 32))
+
+
+def _model(layer, fields=3):
+    inputs = keras.Input(shape=(fields,), dtype="int32")
+    x = keras.layers.Flatten()(layer(inputs))
+    return keras.Model(inputs, keras.layers.Dense(1)(x))
+
+
+def test_freeze_takes_effect_in_a_compiled_model_without_recompiling():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, size=(64, 3))
+    y = rng.normal(size=(64, 1)).astype(np.float32)
+    layer = MixedPrecisionEmbedding(50, 4, num_groups=5, bit_penalty=0.1)
+    model = _model(layer)
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    model.fit(ids, y, epochs=1, batch_size=16, verbose=0)
+    mse = float(np.mean((model.predict(ids, verbose=0) - y) ** 2))
+    penalty = 0.1 * float(np.sum(layer.expected_bits() / layer.group_masses.numpy()))
+    assert model.evaluate(ids, y, verbose=0) == pytest.approx(mse + penalty, rel=1e-4)
+
+    layer.freeze_precision([0, 2, 2, 4, 6])
+    preds = model.predict(ids, verbose=0)
+    np.testing.assert_allclose(
+        model.evaluate(ids, y, verbose=0), np.mean((preds - y) ** 2), rtol=1e-4
+    )
+    embedded = _retrain_reference(layer, ids)
+    dense = model.layers[-1]
+    kernel, bias = dense.kernel.numpy(), dense.bias.numpy()
+    np.testing.assert_allclose(preds, embedded.reshape(64, -1) @ kernel + bias, atol=1e-5)
+    table = layer.embeddings.numpy().copy()
+    model.fit(ids, y, epochs=1, batch_size=16, verbose=0)
+    assert not np.array_equal(table, layer.embeddings.numpy())
+    assert layer.group_bit_widths.numpy().tolist() == [0, 2, 2, 4, 6]
+
+
+def test_freeze_removes_the_logits_from_the_trainable_variables():
+    layer = MixedPrecisionEmbedding(50, 4, num_groups=5)
+    model = _model(layer)
+    assert "precision_logits" in names(model.trainable_variables)
+    layer.freeze_precision()
+    assert "precision_logits" not in names(model.trainable_variables)
+    assert "precision_logits" in names(model.non_trainable_variables)
+    logits = layer.precision_logits.numpy().copy()
+    model.compile("adam", "mse")
+    model.fit(np.zeros((8, 3), int), np.ones((8, 1)), verbose=0)
+    np.testing.assert_array_equal(layer.precision_logits.numpy(), logits)
+
+
+@pytest.mark.parametrize("state", ["search", "retrain"])
+def test_training_step_under_xla(state):
+    rng = np.random.default_rng(0)
+    layer = MixedPrecisionEmbedding(60, 4, num_groups=6, bit_penalty=1e-3)
+    model = _model(layer)
+    if state == "retrain":
+        layer.freeze_precision()
+    model.compile(keras.optimizers.Adam(1e-2), "mse", jit_compile=True)
+    before = [
+        v.numpy().copy() for v in (layer.embeddings, layer.step_sizes, layer.precision_logits)
+    ]
+    history = model.fit(
+        rng.integers(0, 60, size=(32, 3)), rng.normal(size=(32, 1)), epochs=2, verbose=0
+    )
+    assert np.isfinite(history.history["loss"]).all()
+    after = [v.numpy() for v in (layer.embeddings, layer.step_sizes, layer.precision_logits)]
+    assert not np.array_equal(before[0], after[0])
+    assert not np.array_equal(before[1], after[1])
+    assert np.array_equal(before[2], after[2]) == (state == "retrain")
+
+
+def test_sequential_functional_and_subclassed_models():
+    ids = np.random.default_rng(0).integers(0, 20, size=(16, 2))
+    y = np.ones((16, 1), np.float32)
+
+    class Tower(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.embedding = MixedPrecisionEmbedding(20, 3, num_groups=4)
+            self.head = keras.layers.Dense(1)
+
+        def call(self, inputs):
+            return self.head(tf.reduce_sum(self.embedding(inputs), axis=1))
+
+    sequential = keras.Sequential()
+    sequential.add(keras.Input(shape=(2,), dtype="int32"))
+    sequential.add(MixedPrecisionEmbedding(20, 3, num_groups=4))
+    sequential.add(keras.layers.Flatten())
+    sequential.add(keras.layers.Dense(1))
+    for model in (
+        sequential,
+        _model(MixedPrecisionEmbedding(20, 3, num_groups=4), 2),
+        Tower(),
+    ):
+        model.compile("adam", "mse")
+        history = model.fit(ids, y, epochs=2, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+        assert model.predict(ids, verbose=0).shape == (16, 1)
+
+
+def test_mixed_float16_policy():
+    layer = MixedPrecisionEmbedding(20, 3, dtype="mixed_float16")
+    out = layer(np.array([[1, 2]]))
+    assert out.dtype == tf.float16
+    assert layer.embeddings.dtype == tf.float32
+
+
+def test_float_ids_are_rejected():
+    with pytest.raises(TypeError, match="integer ids. Received inputs of dtype float32"):
+        _layer(10, 2)(tf.constant([1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"input_dim": 0},
+            r"`input_dim` must be a positive integer. Received: input_dim=0",
+        ),
+        ({"input_dim": 2.5}, r"input_dim=2.5 \(of type float\)"),
+        (
+            {"output_dim": -3},
+            r"`output_dim` must be a positive integer. Received: output_dim=-3",
+        ),
+        ({"output_dim": True}, r"output_dim=True \(of type bool\)"),
+        (
+            {"num_groups": 0},
+            r"`num_groups` must be a positive integer. Received: num_groups=0",
+        ),
+        (
+            {"bit_widths": ()},
+            r"`bit_widths` must be a non-empty.*Received: bit_widths=\(\)",
+        ),
+        ({"bit_widths": (4, 2)}, r"strictly increasing.*Received: bit_widths=\(4, 2\)"),
+        ({"bit_widths": (2, 2, 4)}, r"Received: bit_widths=\(2, 2, 4\)"),
+        ({"bit_widths": (0, 9)}, r"in \[0, 8\].*Received: bit_widths=\(0, 9\)"),
+        ({"bit_widths": (-1, 2)}, r"Received: bit_widths=\(-1, 2\)"),
+        ({"bit_widths": (0,)}, r"at least one non-zero.*Received: bit_widths=\(0,\)"),
+        ({"bit_widths": (1.5, 2)}, r"integers.*Received: bit_widths=\(1.5, 2\)"),
+        (
+            {"temperature": 0.0},
+            r"`temperature` must be a finite number > 0. Received: temperature=0.0",
+        ),
+        (
+            {"bit_penalty": -1.0},
+            r"`bit_penalty` must be a finite number >= 0. Received: bit_penalty=-1.0",
+        ),
+        (
+            {"frequencies": [1.0] * 9},
+            r"`frequencies` must have shape \(input_dim,\) = \(10,\)",
+        ),
+        ({"frequencies": [1.0] * 9 + [-1.0]}, r"frequencies\[9\]=-1.0"),
+        ({"frequencies": [np.nan] * 10}, r"frequencies\[0\]=nan"),
+        (
+            {"mask_zero": "yes"},
+            r"`mask_zero` must be a bool. Received: mask_zero='yes'",
+        ),
+    ],
+)
+def test_bad_arguments_raise_with_the_name_and_the_value(kwargs, message):
+    arguments = {"input_dim": 10, "output_dim": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        MixedPrecisionEmbedding(**arguments)
+
+
+def test_freeze_rejects_bad_bit_widths():
+    layer = _layer(10, 2, num_groups=2, bit_widths=(0, 2, 4))
+    for bad in ([2], [2, 3], [2.0, 4.0]):
+        with pytest.raises(ValueError, match=r"2 integers \(one per group\).*\(0, 2, 4\)"):
+            layer.freeze_precision(bad)
+
+
+def test_zero_initializer_is_rejected():
+    with pytest.raises(ValueError, match="all-zero table"):
+        _layer(10, 2, embeddings_initializer="zeros")
+
+
+@pytest.mark.parametrize("state", ["search", "retrain"])
+def test_keras_file_round_trip_keeps_everything(tmp_path, state):
+    rng = np.random.default_rng(0)
+    frequencies = rng.integers(0, 100, size=50).astype(float)
+    layer = MixedPrecisionEmbedding(
+        50,
+        4,
+        num_groups=5,
+        bit_widths=(0, 2, 4),
+        temperature=0.5,
+        bit_penalty=0.01,
+        frequencies=frequencies,
+        mask_zero=True,
+        name="mpe",
+    )
+    model = _model(layer)
+    model.compile("adam", "mse")
+    model.fit(rng.integers(0, 50, size=(32, 3)), rng.normal(size=(32, 1)), verbose=0)
+    if state == "retrain":
+        layer.freeze_precision([0, 2, 4, 4, 2])
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    twin = loaded.get_layer("mpe")
+    assert twin.state == state
+    assert twin.get_config() == layer.get_config()
+    for original, restored in zip(layer.weights, twin.weights):
+        assert names([original]) == names([restored])
+        np.testing.assert_array_equal(original.numpy(), restored.numpy())
+    np.testing.assert_array_equal(twin.frequencies.numpy(), frequencies)
+    assert ("precision_logits" in names(twin.trainable_weights)) == (state == "search")
+    ids = rng.integers(0, 50, size=(8, 3))
+    np.testing.assert_array_equal(model.predict(ids, verbose=0), loaded.predict(ids, verbose=0))
+
+
+def test_config_round_trip():
+    layer = MixedPrecisionEmbedding(10, 2, num_groups=3, bit_widths=[1, 3], temperature=0.1)
+    clone = MixedPrecisionEmbedding.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    assert clone.bit_widths == (1, 3)

@@ -1,0 +1,93 @@
+"""Frequency counting and frequency groups."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_mpe import grouping
+
+
+def test_count_frequencies_from_array_tensor_and_dataset_agree():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, size=(300, 4))
+    expected = np.bincount(ids.reshape(-1), minlength=60)
+    dataset = tf.data.Dataset.from_tensor_slices(ids).batch(32)
+    for data in (ids, tf.constant(ids), dataset, dataset.unbatch()):
+        np.testing.assert_array_equal(grouping.count_frequencies(data, 60), expected)
+
+
+def test_count_frequencies_streams_in_chunks(monkeypatch):
+    monkeypatch.setattr(grouping, "_CHUNK", 7)
+    ids = np.arange(100) % 9
+    np.testing.assert_array_equal(grouping.count_frequencies(ids, 9), np.bincount(ids))
+
+
+@pytest.mark.parametrize("bad", [-1, 10])
+def test_count_frequencies_rejects_out_of_range_ids(bad):
+    with pytest.raises(ValueError, match=rf"id {bad}, outside \[0, input_dim=10\)"):
+        grouping.count_frequencies(np.array([1, bad, 3]), 10)
+
+
+def test_count_frequencies_rejects_float_ids_and_tuple_datasets():
+    with pytest.raises(TypeError, match="integer ids.*float64"):
+        grouping.count_frequencies(np.array([1.0, 2.0]), 10)
+    pairs = tf.data.Dataset.from_tensor_slices((np.arange(3), np.arange(3)))
+    with pytest.raises(TypeError, match="tuple"):
+        grouping.count_frequencies(pairs, 10)
+
+
+@pytest.mark.parametrize(
+    "frequencies, message",
+    [
+        ([1.0, -2.0, 3.0], r"frequencies\[1\]=-2.0"),
+        ([1.0, np.nan, 3.0], r"frequencies\[1\]=nan"),
+        ([1.0, 2.0], r"shape \(input_dim,\) = \(3,\). Received shape \(2,\)"),
+        ([np.inf, 1.0, 1.0], r"frequencies\[0\]=inf"),
+        ([1.0, 2.5, 1.0], r"whole-number counts. Received frequencies\[1\]=2.5"),
+    ],
+)
+def test_validate_frequencies_errors_name_the_value(frequencies, message):
+    with pytest.raises(ValueError, match=message):
+        grouping.validate_frequencies(frequencies, 3)
+
+
+def test_validate_frequencies_rejects_strings():
+    with pytest.raises(TypeError, match="frequencies"):
+        grouping.validate_frequencies(["a", "b", "c"], 3)
+
+
+@pytest.mark.parametrize(
+    "input_dim, num_groups, sizes",
+    [(10, 3, [3, 3, 4]), (12, 4, [3, 3, 3, 3]), (3, 128, [1, 1, 1]), (1, 1, [1])],
+)
+def test_group_sizes_are_equal_with_the_remainder_last(input_dim, num_groups, sizes):
+    assert grouping.group_sizes(input_dim, num_groups).tolist() == sizes
+
+
+def test_frequency_groups_sort_rarest_first_and_weigh_groups():
+    frequencies = np.array([10.0, 0.0, 4.0, 1.0, 7.0, 2.0])
+    id_to_group, masses = grouping.frequency_groups(frequencies, 3)
+    # ascending: id1 (0), id3 (1), id5 (2), id2 (4), id4 (7), id0 (10)
+    assert id_to_group.tolist() == [2, 0, 1, 0, 2, 1]
+    # totals: g0 = 0 + 1 = 1, g1 = 2 + 4 = 6, g2 = 7 + 10 = 17
+    np.testing.assert_allclose(masses, [1.0, 6.0, 17.0])
+
+
+def test_without_counts_ids_are_ranked_by_descending_frequency():
+    id_to_group, masses = grouping.frequency_groups(np.zeros(7), 3)
+    # id 0 is the most frequent: it lands in the last group; the rarest ids go first
+    assert id_to_group.tolist() == [2, 2, 2, 1, 1, 0, 0]
+    np.testing.assert_array_equal(masses, [1.0, 1.0, 1.0])
+
+
+def test_empty_groups_get_the_lightest_mass():
+    frequencies = np.array([0.0, 0.0, 0.0, 1.0, 3.0, 6.0])
+    _, masses = grouping.frequency_groups(frequencies, 3)
+    # totals 0 (ids 2, 1), 1 (ids 0, 3), 9 (ids 4, 5): the empty group weighs like 1
+    np.testing.assert_allclose(masses, [1.0, 1.0, 9.0])
+
+
+def test_groups_are_contiguous():
+    assert grouping.groups_are_contiguous(np.array([2, 2, 1, 0, 0]))
+    assert not grouping.groups_are_contiguous(np.array([0, 1, 0]))
+    assert grouping.groups_are_contiguous(np.array([0]))
