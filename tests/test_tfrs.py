@@ -1,0 +1,65 @@
+"""A TensorFlow Recommenders ranking model with MixedPrecisionEmbedding towers."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_mpe import MixedPrecisionEmbedding
+from keras_mpe.backend import IS_KERAS_3
+
+pytestmark = pytest.mark.skipif(
+    IS_KERAS_3, reason="TFRS needs tf-keras (TF_USE_LEGACY_KERAS=1); that run covers it"
+)
+
+
+def test_tfrs_ranking_model_searches_then_retrains():
+    import tensorflow_recommenders as tfrs
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 60, size=512)
+    items = rng.integers(0, 80, size=512)
+    ratings = ((users % 5) + (items % 3)).astype(np.float32)
+
+    class RankingModel(tfrs.models.Model):
+        def __init__(self):
+            super().__init__()
+            self.user_embedding = tf.keras.Sequential(
+                [MixedPrecisionEmbedding(60, 8, num_groups=6, bit_penalty=1e-3)]
+            )
+            self.item_embedding = tf.keras.Sequential(
+                [MixedPrecisionEmbedding(80, 8, num_groups=8, bit_penalty=1e-3)]
+            )
+            self.ratings = tf.keras.Sequential(
+                [tf.keras.layers.Dense(16, activation="relu"), tf.keras.layers.Dense(1)]
+            )
+            self.task = tfrs.tasks.Ranking(
+                loss=tf.keras.losses.MeanSquaredError(),
+                metrics=[tf.keras.metrics.RootMeanSquaredError()],
+            )
+
+        def compute_loss(self, features, training=False):
+            embedded = tf.concat(
+                [
+                    self.user_embedding(features["user"]),
+                    self.item_embedding(features["item"]),
+                ],
+                axis=1,
+            )
+            return self.task(labels=features["rating"], predictions=self.ratings(embedded))
+
+    data = tf.data.Dataset.from_tensor_slices(
+        {"user": users, "item": items, "rating": ratings}
+    ).batch(64)
+    model = RankingModel()
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    search = model.fit(data, epochs=3, verbose=0).history
+    assert search["regularization_loss"][-1] > 0  # the bit penalty is in the loss
+    assert search["total_loss"][-1] < search["total_loss"][0]
+
+    layers = [model.user_embedding.layers[0], model.item_embedding.layers[0]]
+    for layer in layers:
+        layer.freeze_precision()
+    retrain = model.fit(data, epochs=2, verbose=0).history
+    assert retrain["regularization_loss"] == [0.0, 0.0]
+    assert np.isfinite(retrain["root_mean_squared_error"]).all()
+    assert all(layer.state == "retrain" for layer in layers)
