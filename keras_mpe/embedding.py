@@ -280,48 +280,34 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         ids = tf.reshape(tf.where(valid, tf.cast(inputs, tf.int32), 0), [-1])
         rows = tf.gather(self.embeddings, ids)
         groups = tf.gather(self.id_to_group, ids)
-        outputs = tf.cond(
+        outputs = quantizers.embedding_quantize(
+            rows,
+            quantizers.small_table_gather(self._probabilities(), groups),
+            self._candidate_step_sizes(),
+            self.offset,
+            tf.gather(self._width_index(), tf.gather(self.group_bit_widths, groups)),
             self.precision_frozen > 0,
-            lambda: self._retrain_rows(rows, groups),
-            lambda: self._search_rows(rows, groups),
+            self.bit_widths,
+            [
+                quantizers.lsq_grad_scale(b, self.input_dim * self.output_dim)
+                for b in self.bit_widths
+            ],
         )
         outputs *= tf.reshape(tf.cast(valid, tf.float32), [-1, 1])
         self.add_loss(self._penalty())
         shape = tf.concat([tf.shape(inputs), [self.output_dim]], axis=0)
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
 
-    def _padded_step_sizes(self) -> tf.Tensor:
-        """Step sizes indexed by bit-width 0..8 (1.0 where a width has none)."""
-        position = np.zeros(MAX_BITS + 1, np.int32)
-        for index, bits in enumerate(self._nonzero_bit_widths):
-            position[bits] = index + 1
+    def _candidate_step_sizes(self) -> tf.Tensor:
+        """One step size per candidate bit-width (1.0, unused, for a 0-bit one)."""
+        position = np.cumsum([b > 0 for b in self.bit_widths]) * [b > 0 for b in self.bit_widths]
         return tf.gather(tf.concat([[1.0], self.step_sizes], axis=0), position)
 
-    def _grad_scales(self) -> list[float]:
-        """LSQ gradient scales indexed by bit-width 0..8."""
-        size = self.input_dim * self.output_dim
-        return [quantizers.lsq_grad_scale(b, size) for b in range(MAX_BITS + 1)]
-
-    def _search_rows(self, rows: tf.Tensor, groups: tf.Tensor) -> tf.Tensor:
-        probabilities = quantizers.small_table_gather(self._probabilities(), groups)
-        return quantizers.mixture_quantize(
-            rows,
-            probabilities,
-            tf.gather(self._padded_step_sizes(), self.bit_widths),
-            self.offset,
-            self.bit_widths,
-            [self._grad_scales()[b] for b in self.bit_widths],
-        )
-
-    def _retrain_rows(self, rows: tf.Tensor, groups: tf.Tensor) -> tf.Tensor:
-        bits = tf.gather(self.group_bit_widths, groups)[:, None]
-        return quantizers.lsq_quantize(
-            rows,
-            quantizers.small_table_gather(self._padded_step_sizes(), bits),
-            self.offset,
-            bits,
-            tf.gather(self._grad_scales(), bits),
-        )
+    def _width_index(self) -> tf.Tensor:
+        """Maps a bit-width 0..8 to its index among the candidates."""
+        index = np.zeros(MAX_BITS + 1, np.int32)
+        index[list(self.bit_widths)] = np.arange(len(self.bit_widths))
+        return tf.constant(index)
 
     def _probabilities(self) -> tf.Tensor:
         return tf.nn.softmax(self.precision_logits / self.temperature, axis=-1)

@@ -479,3 +479,40 @@ def test_config_round_trip():
     clone = MixedPrecisionEmbedding.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
     assert clone.bit_widths == (1, 3)
+
+
+def test_retrain_gradients_match_single_width_quantizers():
+    from keras_mpe import quantizers
+
+    layer = _layer(40, 4, num_groups=4, bit_widths=(0, 2, 3, 5))
+    layer.freeze_precision([0, 5, 2, 3])
+    layer.offset.assign([0.001, -0.002, 0.0, 0.003])
+    ids = np.array([0, 5, 39, 20, 20, 11, 30])
+    dy = np.random.default_rng(1).normal(size=(7, 4)).astype(np.float32)
+    variables = [layer.embeddings, layer.step_sizes, layer.offset, layer.precision_logits]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(ids) * dy)
+    got = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, variables)]
+
+    bits = layer.group_bit_widths.numpy()[layer.id_to_group.numpy()[ids]]
+    position = {2: 0, 3: 1, 5: 2}
+    with tf.GradientTape() as tape:
+        rows = tf.gather(layer.embeddings, ids)
+        parts = [
+            quantizers.lsq_quantize(
+                rows[i : i + 1],
+                layer.step_sizes[position[b]] if b else 1.0,
+                layer.offset,
+                int(b),
+                quantizers.lsq_grad_scale(int(b), 160),
+            )
+            for i, b in enumerate(bits)
+        ]
+        loss = tf.reduce_sum(tf.concat(parts, axis=0) * dy)
+    want = tape.gradient(loss, variables[:3])
+    for name, g, w in zip(["table", "step", "offset"], got, want, strict=False):
+        np.testing.assert_allclose(
+            g, tf.convert_to_tensor(w).numpy(), rtol=1e-5, atol=1e-7, err_msg=name
+        )
+    assert np.abs(got[1]).sum() > 0
+    np.testing.assert_array_equal(got[3], np.zeros_like(got[3]))  # logits get nothing
