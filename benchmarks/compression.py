@@ -1,0 +1,254 @@
+"""Compression against accuracy: every method under one epoch budget, in one run.
+
+Methods (each for every seed, all with the same model and the same total epochs):
+- `fp32`: `keras.layers.Embedding`, trained for the whole budget.
+- `fp32-rewind`: MPE's schedule without quantization: train half the budget, reset the
+  table to its initial values (keeping the rest of the model), train the other half.
+- `qat-Nbit`: `MixedPrecisionEmbedding(bit_widths=(N,))`, uniform quantization-aware
+  training, two phases like MPE.
+- `ptq-int8`, `ptq-int4` (Keras 3 only): the trained `fp32` model's table quantized after
+  training with `Embedding.quantize(mode)`.
+- `mpe-<penalty>`: MixedPrecisionEmbedding searched with that bit penalty, then frozen,
+  rewound and retrained.
+Each run is read at its best validation-AUC epoch (for two-phase methods, in the second
+phase). Prints a table and writes `benchmarks/results/compression.md` and a PNG of test
+AUC against compression.
+
+    python benchmarks/compression.py --data synthetic --seeds 1 --epochs 2   # quick
+    python benchmarks/compression.py --data movielens-1m                     # full
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import time
+
+import numpy as np
+
+import keras_mpe
+from keras_mpe.backend import IS_KERAS_3, keras
+from keras_mpe.datasets import synthetic_ctr
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def load(name: str):
+    """`(train, validation, test, vocabulary_size, description)` of a data set."""
+    if name == "synthetic":
+        data = synthetic_ctr(rows=200_000, fields=8, ids_per_field=5_000)
+        return data.train, data.validation, data.test, data.vocabulary_size, data.description
+    from keras_mpe.datasets import load_movielens
+
+    return load_movielens_ctr(load_movielens(name.split("-")[1]))
+
+
+def load_movielens_ctr(data):
+    """Adapts the MovieLens CTR view to one shared id space (fields offset)."""
+    ctr = data.ctr
+    offsets = np.concatenate([[0], np.cumsum(ctr.vocabulary_sizes)[:-1]]).astype(np.int32)
+    parts = [(ids + offsets, labels) for ids, labels in (ctr.train, ctr.validation, ctr.test)]
+    return (*parts, int(np.sum(ctr.vocabulary_sizes)), ctr.description)
+
+
+class EpochReader(keras.callbacks.Callback):
+    """Evaluates the test split at each epoch end, to read the best-validation epoch."""
+
+    def __init__(self, test):
+        super().__init__()
+        self.test = test
+        self.rows = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        test = self.model.evaluate(*self.test, batch_size=8192, verbose=0, return_dict=True)
+        self.rows.append((logs["val_auc"], test["auc"], test["loss"]))
+
+    def best(self):
+        return max(self.rows)[1:]
+
+
+def build(embedding, fields: int):
+    inputs = keras.Input(shape=(fields,), dtype="int32")
+    x = keras.layers.Flatten()(embedding(inputs))
+    for units in (256, 128):
+        x = keras.layers.Dense(units)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    return model
+
+
+def fit(model, train, validation, test, epochs: int, batch: int) -> EpochReader:
+    model.compile(
+        keras.optimizers.Adam(1e-3), "binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")]
+    )
+    reader = EpochReader(test)
+    model.fit(
+        *train,
+        validation_data=validation,
+        epochs=epochs,
+        batch_size=batch,
+        verbose=0,
+        callbacks=[reader],
+    )
+    return reader
+
+
+def run_method(method: str, seed: int, data, epochs: int, batch: int) -> dict:
+    train, validation, test, vocabulary, _ = data
+    fields, dim = train[0].shape[1], 16
+    keras.utils.set_random_seed(seed)
+    half = epochs // 2
+    if method in ("fp32", "fp32-rewind") or method.startswith("ptq"):
+        layer = keras.layers.Embedding(vocabulary, dim)
+        model = build(layer, fields)
+        model.build((None, fields))
+        initial = layer.embeddings.numpy()
+        if method == "fp32-rewind":
+            fit(model, train, validation, test, epochs - half, batch)
+            layer.embeddings.assign(initial)
+            reader = fit(model, train, validation, test, half, batch)
+        else:
+            reader = fit(model, train, validation, test, epochs, batch)
+        auc, loss = reader.best()
+        size = 4 * vocabulary * dim
+        result = {
+            "auc": auc,
+            "loss": loss,
+            "bits": 32.0,
+            "ratio": 1.0,
+            "payload_ratio": 1.0,
+            "bytes": size,
+        }
+        if method.startswith("ptq"):
+            mode = method.split("-")[1]
+            layer.quantize(mode)
+            scores = model.evaluate(*test, batch_size=8192, verbose=0, return_dict=True)
+            bits = {"int8": 8, "int4": 4}[mode]
+            size = vocabulary * dim * bits // 8 + 4 * vocabulary  # codes + per-row scale
+            result = {
+                "auc": scores["auc"],
+                "loss": scores["loss"],
+                "bits": bits,
+                "ratio": 4 * vocabulary * dim / size,
+                "payload_ratio": 32 / bits,
+                "bytes": size,
+            }
+        return result
+    if method.startswith("qat"):
+        options = {"bit_widths": (int(method.split("-")[1].rstrip("bit")),)}
+    else:
+        options = {"bit_penalty": float(method.split("-", 1)[1])}
+    layer = keras_mpe.MixedPrecisionEmbedding(vocabulary, dim, **options)
+    layer.adapt(train[0])
+    model = build(layer, fields)
+    initial = layer.embeddings.numpy()
+    fit(model, train, validation, test, epochs - half, batch)
+    layer.freeze_precision()
+    layer.embeddings.assign(initial)
+    reader = fit(model, train, validation, test, half, batch)
+    auc, loss = reader.best()
+    report = layer.memory_report()
+    return {
+        "auc": auc,
+        "loss": loss,
+        "bits": report["average_bits"],
+        "ratio": report["compression_ratio"],
+        "payload_ratio": report["payload_compression_ratio"],
+        "bytes": report["total_bytes"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", default="synthetic", choices=["synthetic", "movielens-100k", "movielens-1m"]
+    )
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6, help="total epochs per method")
+    parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--penalties", default="1e-6,1e-5,1e-4")
+    args = parser.parse_args()
+    data = load(args.data)
+    methods = ["fp32", "fp32-rewind", "qat-8bit", "qat-4bit", "qat-2bit"]
+    if IS_KERAS_3:
+        methods += ["ptq-int8", "ptq-int4"]
+    methods += [f"mpe-{p}" for p in args.penalties.split(",")]
+    print(f"data: {data[4]}; {args.epochs} epochs per method, seeds {args.seeds}")
+    rows = []
+    for method in methods:
+        start = time.time()
+        results = [
+            run_method(method, seed, data, args.epochs, args.batch) for seed in range(args.seeds)
+        ]
+        auc = np.array([r["auc"] for r in results])
+        loss = np.array([r["loss"] for r in results])
+        row = {
+            "method": method,
+            "auc": auc.mean(),
+            "auc_std": auc.std(),
+            "loss": loss.mean(),
+            "loss_std": loss.std(),
+            **{
+                k: np.mean([r[k] for r in results])
+                for k in ("bits", "ratio", "payload_ratio", "bytes")
+            },
+        }
+        rows.append(row)
+        print(
+            f"{method:14s} AUC {row['auc']:.4f}±{row['auc_std']:.4f} "
+            f"logloss {row['loss']:.4f}±{row['loss_std']:.4f} bits {row['bits']:.2f} "
+            f"{row['ratio']:.1f}x ({row['payload_ratio']:.1f}x payload) "
+            f"{row['bytes']:,.0f} B  [{time.time() - start:.0f}s]",
+            flush=True,
+        )
+    write_results(rows, args, data[4])
+
+
+def write_results(rows, args, description: str) -> None:
+    os.makedirs(RESULTS, exist_ok=True)
+    flavour = "Keras 3" if IS_KERAS_3 else "tf-keras"
+    lines = [
+        f"# Compression against accuracy ({args.data})",
+        "",
+        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, {flavour}; "
+        f"{description}; {args.epochs} epochs per method, {args.seeds} seeds, batch "
+        f"{args.batch}. Command: `python benchmarks/compression.py --data {args.data} "
+        f"--seeds {args.seeds} --epochs {args.epochs} --penalties {args.penalties}`",
+        "",
+        "| method | test AUC | test logloss | avg bits | compression (with overhead) "
+        "| compression (payload) | table bytes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['auc']:.4f} ± {r['auc_std']:.4f} | {r['loss']:.4f} ± "
+            f"{r['loss_std']:.4f} | {r['bits']:.2f} | {r['ratio']:.1f}x | "
+            f"{r['payload_ratio']:.1f}x | {r['bytes']:,.0f} |"
+        )
+    path = os.path.join(RESULTS, f"compression-{args.data}.md")
+    with open(path, "w") as file:
+        file.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        axes.errorbar(r["ratio"], r["auc"], yerr=r["auc_std"], fmt="o", label=r["method"])
+    axes.set_xscale("log")
+    axes.set_xlabel("compression of the embedding table (with overhead)")
+    axes.set_ylabel("test AUC")
+    axes.set_title(description, fontsize=7)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(os.path.join(RESULTS, f"compression-{args.data}.png"), dpi=120)
+
+
+if __name__ == "__main__":
+    main()

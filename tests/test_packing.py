@@ -1,0 +1,412 @@
+"""Packed tables: bit-exact round trips, the byte count, XLA, out-of-range ids, errors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keras_mpe import grouping, packing, precision, quantizers
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+def _unpack_bits(words: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Numpy reference: `count` values of `bits` bits, little-endian bit order."""
+    stream = np.unpackbits(words.astype("<u4").view(np.uint8), bitorder="little")
+    fields = stream[: count * bits].reshape(count, bits).astype(np.int64)
+    return fields @ (1 << np.arange(bits, dtype=np.int64))
+
+
+def _step_sizes(table: np.ndarray, nonzero: list[int], rng) -> np.ndarray:
+    """The layer's initial step sizes, scaled at random."""
+    mean_abs = np.abs(table).mean() + 1e-3
+    base = 2 * mean_abs / np.sqrt(2.0 ** (np.asarray(nonzero, np.float64) - 1))
+    return (base * rng.uniform(0.5, 2.0, size=len(nonzero))).astype(np.float32)
+
+
+def _make_case(sizes, bits, dim, layout, seed):
+    """A table with groups of `sizes` rows at `bits`, ids laid out by `layout`."""
+    rng = np.random.default_rng(seed)
+    input_dim = int(sum(sizes))
+    groups = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    if layout == "descending":  # StringLookup: id 0 the most frequent (last group)
+        groups = groups[::-1].copy()
+    elif layout == "shuffled":
+        groups = rng.permutation(groups)
+    table = rng.normal(scale=rng.uniform(0.01, 2.0), size=(input_dim, dim)).astype(np.float32)
+    table[rng.random(table.shape) < 0.05] *= 50.0  # some values far outside the range
+    nonzero = sorted({int(b) for b in bits if b} | {int(rng.integers(1, 9))})
+    candidates = tuple(([0] if rng.random() < 0.5 or 0 in bits else []) + nonzero)
+    steps = _step_sizes(table, nonzero, rng)
+    offset = rng.normal(scale=0.1, size=dim).astype(np.float32)
+    return table, steps, offset, candidates, groups, np.asarray(bits, np.int32)
+
+
+def _expected(table, steps, offset, candidates, groups, bits, ids):
+    """The retrain state's values: `lsq_quantize` with each row's step size and bits."""
+    nonzero = [b for b in candidates if b]
+    step_by_bits = np.ones(packing.MAX_BITS + 1, np.float32)
+    step_by_bits[nonzero] = steps
+    row_bits = bits[groups[ids]]
+    return quantizers.lsq_quantize(
+        table[ids], step_by_bits[row_bits][:, None], offset, row_bits[:, None], 0.0
+    ).numpy()
+
+
+def _report(table, steps, groups, bits):
+    return precision.memory_report(
+        rows_per_group=np.bincount(groups, minlength=bits.size),
+        bits_per_group=bits,
+        output_dim=table.shape[1],
+        num_step_sizes=steps.size,
+        needs_permutation=not grouping.groups_are_contiguous(groups),
+    )
+
+
+@st.composite
+def cases(draw):
+    num_groups = draw(st.integers(1, 5))
+    sizes = draw(
+        st.lists(
+            st.one_of(st.sampled_from([1, 2, 31, 32, 33, 63, 65]), st.integers(1, 70)),
+            min_size=num_groups,
+            max_size=num_groups,
+        )
+    )
+    bits = draw(st.lists(st.integers(0, 8), min_size=num_groups, max_size=num_groups))
+    dim = draw(st.one_of(st.sampled_from([1, 3, 16, 31, 33, 130]), st.integers(1, 130)))
+    layout = draw(st.sampled_from(["ascending", "descending", "shuffled"]))
+    seed = draw(st.integers(0, 2**31))
+    return sizes, bits, dim, layout, seed
+
+
+@SETTINGS
+@given(cases())
+def test_round_trip_equals_lsq_quantize(case):
+    sizes, bits, dim, layout, seed = case
+    table, steps, offset, candidates, groups, bits = _make_case(sizes, bits, dim, layout, seed)
+    packed = packing.pack_table(table, steps, offset, candidates, groups, bits)
+    ids = np.random.default_rng(seed).permutation(table.shape[0])
+    expected = _expected(table, steps, offset, candidates, groups, bits, ids)
+    np.testing.assert_array_equal(packed.lookup(ids).numpy(), expected)
+    np.testing.assert_array_equal(packed.lookup(ids, xla=True).numpy(), expected)
+    assert packed.nbytes == _report(table, steps, groups, bits)["total_bytes"]
+    assert (packed.permutation is None) == grouping.groups_are_contiguous(groups)
+
+
+@pytest.mark.parametrize("dim", [1, 5, 130])
+@pytest.mark.parametrize("layout", ["ascending", "shuffled"])
+def test_every_bit_width_round_trips(dim, layout):
+    """Groups at every width 0..8, of 1, 33 and 70 rows, in one table."""
+    bits = [b for b in range(9) for _ in range(3)]
+    sizes = [1, 33, 70] * 9
+    table, steps, offset, candidates, groups, bits = _make_case(sizes, bits, dim, layout, dim)
+    packed = packing.pack_table(table, steps, offset, candidates, groups, bits)
+    ids = np.arange(table.shape[0])
+    expected = _expected(table, steps, offset, candidates, groups, bits, ids)
+    np.testing.assert_array_equal(packed.lookup(ids).numpy(), expected)
+    np.testing.assert_array_equal(packed.lookup(ids, xla=True).numpy(), expected)
+    assert np.count_nonzero(expected[bits[groups] == 8]) > 0
+    assert not np.any(expected[bits[groups] == 0])
+
+
+def test_codes_are_the_unsigned_training_codes():
+    """The payload holds `quantize_codes + 2**(b-1)`, row-major, little-endian bits."""
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(45, 7)).astype(np.float32)
+    groups = np.repeat([0, 1], [20, 25]).astype(np.int32)
+    packed = packing.pack_table(table, [0.3, 0.05], np.zeros(7), (3, 5), groups, [3, 5])
+    assert packed.first_rows.tolist() == [0, 20]
+    assert packed.first_words.tolist() == [0, -(-20 * 7 * 3 // 32)]
+    for slot, (b, step) in enumerate([(3, 0.3), (5, 0.05)]):
+        rows = table[groups == slot]
+        codes = quantizers.quantize_codes(rows, np.float32(step), np.zeros(7, np.float32), b)
+        stored = packed.words[packed.first_words[slot] :]
+        np.testing.assert_array_equal(
+            _unpack_bits(stored, b, rows.size), codes.numpy().reshape(-1) + 2 ** (b - 1)
+        )
+
+
+@pytest.mark.parametrize("bits", [1, 3, 7, 8, 13, 31, 32])
+def test_pack_bits_round_trip(bits):
+    rng = np.random.default_rng(bits)
+    count = 32 * 8192 + 77  # crosses a packing chunk
+    values = rng.integers(0, 2**bits, size=count, dtype=np.uint64)
+    words = packing.pack_bits(values, bits)
+    assert words.dtype == np.uint32 and words.size == -(-count * bits // 32)
+    np.testing.assert_array_equal(_unpack_bits(words, bits, count), values.astype(np.int64))
+
+
+@pytest.mark.parametrize(
+    "sizes, bits, layout",
+    [
+        ([50, 50], [0, 4], "descending"),
+        ([1], [0], "ascending"),
+        ([3, 3, 4], [0, 0, 0], "shuffled"),
+        ([33, 1, 64, 7], [1, 8, 5, 3], "shuffled"),
+        ([1000, 24], [2, 6], "ascending"),
+    ],
+)
+@pytest.mark.parametrize("dim", [1, 16, 33])
+def test_bytes_equal_memory_report(sizes, bits, layout, dim):
+    table, steps, offset, candidates, groups, bits = _make_case(sizes, bits, dim, layout, 0)
+    packed = packing.pack_table(table, steps, offset, candidates, groups, bits)
+    report = _report(table, steps, groups, bits)
+    assert packed.nbytes == report["total_bytes"]
+    assert 4 * packed.words.size == report["payload_bytes"]
+    assert packed.memory_report()["total_bytes"] == report["total_bytes"]
+    if packed.permutation is not None:
+        assert 4 * packed.permutation.size == precision.permutation_bytes(table.shape[0])
+
+
+def test_empty_group_is_skipped():
+    """A group without ids stores nothing and never shadows its neighbours."""
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(9, 4)).astype(np.float32)
+    groups = np.array([2, 2, 2, 0, 0, 0, 0, 2, 2], np.int32)  # group 1 is empty
+    bits = np.array([4, 6, 2], np.int32)
+    packed = packing.pack_table(table, [0.5, 0.1, 0.02], np.zeros(4), (2, 4, 6), groups, bits)
+    assert packed.nbytes == _report(table, np.zeros(3), groups, bits)["total_bytes"]
+    assert packed.first_rows.tolist()[-1] == 9  # the empty group comes last
+    ids = np.arange(9)
+    expected = _expected(
+        table, np.array([0.5, 0.1, 0.02]), np.zeros(4), (2, 4, 6), groups, bits, ids
+    )
+    np.testing.assert_array_equal(packed.lookup(ids).numpy(), expected)
+    np.testing.assert_array_equal(packed.lookup(ids, xla=True).numpy(), expected)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 5, 128, 129])
+def test_binary_group_search_equals_searchsorted(groups):
+    rng = np.random.default_rng(groups)
+    first_rows = np.sort(rng.integers(1, 500, size=groups - 1))  # with repeats
+    first_rows = tf.constant(np.concatenate([[0], first_rows]), tf.int32)
+    rows = tf.range(0, 500)
+    expected = packing._find_groups(first_rows, rows, binary=False).numpy()
+    np.testing.assert_array_equal(packing._find_groups(first_rows, rows, binary=True), expected)
+    np.testing.assert_array_equal(first_rows.numpy()[expected] <= rows.numpy(), True)
+
+
+def _as_variables(packed):
+    return {name: tf.Variable(array) for name, array in packed.arrays().items()}
+
+
+@pytest.mark.parametrize("xla_ops", [False, True])
+@pytest.mark.parametrize("layout", ["descending", "shuffled"])
+def test_xla_lookup_from_variables_matches_eager(layout, xla_ops):
+    sizes, bits = [40, 1, 33, 64, 90], [0, 8, 3, 5, 1]
+    table, steps, offset, candidates, groups, bits = _make_case(sizes, bits, 16, layout, 1)
+    packed = packing.pack_table(table, steps, offset, candidates, groups, bits)
+    variables = _as_variables(packed)
+    for name in ("first_rows", "first_words", "group_bits"):  # uint32 works as well
+        variables[name] = tf.Variable(packed.arrays()[name].astype(np.uint32))
+
+    @tf.function(jit_compile=True)
+    def serve(ids):
+        return packing.lookup_packed(
+            ids,
+            **variables,
+            input_dim=packed.input_dim,
+            step_bit_widths=packed.step_bit_widths,
+            max_bits=packed.max_bits,
+            xla=xla_ops,
+        )
+
+    ids = np.random.default_rng(2).integers(-5, table.shape[0] + 5, size=(64, 26))
+    ids = tf.constant(ids, tf.int32)
+    compiled = serve(ids).numpy()
+    assert compiled.shape == (64, 26, 16)
+    np.testing.assert_array_equal(compiled, packed.lookup(ids).numpy())
+    np.testing.assert_array_equal(compiled, tf.function(serve.python_function)(ids).numpy())
+    valid = ids.numpy()[(ids.numpy() >= 0) & (ids.numpy() < table.shape[0])]
+    np.testing.assert_array_equal(
+        packed.lookup(valid).numpy(),
+        _expected(table, steps, offset, candidates, groups, bits, valid),
+    )
+    hlo = serve.experimental_get_compiler_ir(ids)(stage="hlo")
+    assert "s64" not in hlo and "u64" not in hlo and "s8" not in hlo
+
+
+@pytest.mark.parametrize("xla_ops", [False, True])
+@pytest.mark.parametrize("dtype", [tf.int32, tf.int64])
+@pytest.mark.parametrize("layout", ["ascending", "shuffled"])
+def test_out_of_range_ids_give_zeros(dtype, layout, xla_ops):
+    table, steps, offset, candidates, groups, bits = _make_case([5, 6], [2, 4], 3, layout, 4)
+    packed = packing.pack_table(table, steps, offset, candidates, groups, bits)
+    bad = [-1, 11, 12, -(2**31)] + ([2**40, -(2**40)] if dtype == tf.int64 else [2**31 - 1])
+    out = packed.lookup(tf.constant([[0] + bad], dtype), xla=xla_ops).numpy()
+    assert out.shape == (1, len(bad) + 1, 3)
+    assert np.any(out[0, 0]) and not np.any(out[0, 1:])
+
+
+@pytest.mark.parametrize("dtype", [tf.uint8, tf.int16, tf.uint32, tf.uint64])
+def test_other_integer_id_types(dtype):
+    table, steps, offset, candidates, groups, bits = _make_case([5, 6], [2, 4], 3, "shuffled", 4)
+    packed = packing.pack_table(table, steps, offset, candidates, groups, bits)
+    out = packed.lookup(tf.constant([3, 11, 100], dtype)).numpy()
+    np.testing.assert_array_equal(out[0], packed.lookup([3]).numpy()[0])
+    assert np.any(out[0]) and not np.any(out[1:])
+
+
+def test_all_groups_pruned_stores_no_payload():
+    table = np.ones((10, 4), np.float32)
+    packed = packing.pack_table(table, [0.1], np.full(4, 0.5), (0, 2), np.zeros(10, int), [0])
+    assert packed.words.size == 0 and packed.max_bits == 0
+    for xla_ops in (False, True):
+        out = packed.lookup([3, 20], xla=xla_ops).numpy()
+        np.testing.assert_array_equal(out, np.zeros((2, 4)))
+
+
+def test_matches_the_retrain_layer():
+    """The packed lookup gives exactly the retrain-state layer's outputs."""
+    from keras_mpe import MixedPrecisionEmbedding
+
+    rng = np.random.default_rng(5)
+    layer = MixedPrecisionEmbedding(300, 12, num_groups=9, bit_widths=(0, 1, 2, 4, 8))
+    layer.adapt(rng.zipf(1.3, size=2000) % 300)
+    layer.offset.assign(rng.normal(scale=0.001, size=12).astype(np.float32))
+    layer.freeze_precision(rng.choice([0, 1, 2, 4, 8], size=9).astype(np.int32))
+    packed = packing.pack_table(
+        layer.embeddings,
+        layer.step_sizes,
+        layer.offset,
+        layer.bit_widths,
+        layer.id_to_group,
+        layer.group_bit_widths,
+    )
+    ids = rng.integers(-3, 303, size=(50, 7)).astype(np.int32)
+    np.testing.assert_array_equal(packed.lookup(ids).numpy(), layer(ids).numpy())
+    np.testing.assert_array_equal(packed.lookup(ids, xla=True).numpy(), layer(ids).numpy())
+    assert packed.nbytes == layer.memory_report()["total_bytes"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"table": np.zeros(4)}, ValueError, "`table` must be a non-empty 2-D"),
+        ({"table": np.full((4, 2), np.nan)}, ValueError, "`table` must be finite"),
+        ({"step_sizes": [0.1, 0.2]}, ValueError, "`step_sizes` must have shape"),
+        ({"step_sizes": [0.0]}, ValueError, "`step_sizes` must all be > 0"),
+        ({"offset": np.zeros(3)}, ValueError, "`offset` must have shape"),
+        ({"bit_widths": (4, 2)}, ValueError, "`bit_widths` must be"),
+        ({"bit_widths": (0, 9)}, ValueError, "`bit_widths` must be"),
+        ({"group_bits": [2, 4]}, ValueError, "group_bits.*0 or one of the candidates"),
+        ({"group_bits": [0.5, 4]}, TypeError, "`group_bits` must hold integers"),
+        ({"id_to_group": [0, 1, 2, 0]}, ValueError, "id_to_group.*in \\[0, 1\\]"),
+        ({"id_to_group": [0, 1]}, ValueError, "`id_to_group` must have shape"),
+    ],
+)
+def test_pack_errors(kwargs, error, match):
+    arguments = {
+        "table": np.ones((4, 2), np.float32),
+        "step_sizes": [0.1],
+        "offset": np.zeros(2),
+        "bit_widths": (0, 4),
+        "id_to_group": [0, 1, 1, 0],
+        "group_bits": [0, 4],
+    }
+    arguments.update(kwargs)
+    with pytest.raises(error, match=match):
+        packing.pack_table(**arguments)
+
+
+def test_lookup_errors():
+    packed = packing.pack_table(np.ones((4, 2)), [0.1], np.zeros(2), (4,), [0] * 4, [4])
+    with pytest.raises(TypeError, match="`ids` must be integers"):
+        packed.lookup(tf.constant([0.5]))
+    arrays = packed.arrays()
+    common = {"input_dim": 4, "step_bit_widths": (4,)}
+    with pytest.raises(TypeError, match="`words` must be uint32"):
+        packing.lookup_packed(
+            [0], **{**arrays, "words": arrays["words"].astype(np.int32)}, **common
+        )
+    with pytest.raises(ValueError, match="`step_sizes` has 1 entries"):
+        packing.lookup_packed([0], **arrays, input_dim=4, step_bit_widths=(2, 4))
+    with pytest.raises(ValueError, match="`input_dim` must be an integer"):
+        packing.lookup_packed([0], **arrays, input_dim=0, step_bit_widths=(4,))
+
+
+def _exact_fma32(codes, steps, offsets):
+    """Correctly rounded float32 `codes * steps + offsets`, from exact rationals."""
+    from fractions import Fraction
+
+    out = []
+    for c, a, b in zip(codes.tolist(), steps.tolist(), offsets.tolist()):
+        exact = Fraction(c) * Fraction(a) + Fraction(b)
+        near = np.float32(float(exact))
+        below, above = (
+            np.nextafter(near, np.float32(-np.inf)),
+            np.nextafter(near, np.float32(np.inf)),
+        )
+        candidates = sorted(
+            (abs(Fraction(float(x)) - exact), i, x) for i, x in enumerate((near, below, above))
+        )
+        (d0, _, x0), (d1, _, x1) = candidates[:2]
+        if d0 == d1:  # a tie: the even significand
+            x0 = x0 if np.float32(x0).view(np.int32) % 2 == 0 else x1
+        out.append(x0)
+    return np.array(out, np.float32)
+
+
+def test_fused_multiply_add_rounds_once():
+    """Against exact rationals, including cancellations and near-midpoint sums."""
+    rng = np.random.default_rng(11)
+    n = 4000
+    codes = rng.integers(-128, 128, size=n).astype(np.float32)
+    steps = (rng.uniform(1, 2, n) * 2.0 ** rng.integers(-20, 3, n)).astype(np.float32)
+    offsets = np.concatenate(
+        [
+            rng.normal(size=n // 4) * 2.0 ** rng.integers(-40, 5, n // 4),
+            -(codes[: n // 4] * steps[: n // 4].astype(np.float64))
+            * (1 + rng.normal(size=n // 4) * 2.0 ** -rng.integers(1, 30, n // 4)),
+            codes[: n // 4]
+            * steps[: n // 4].astype(np.float64)
+            * 2.0 ** -rng.integers(20, 60, n // 4),
+            rng.integers(-(2**12), 2**12, n // 4) * 2.0 ** rng.integers(-45, -5, n // 4),
+        ]
+    ).astype(np.float32)
+    steps[-n // 4 :] = (
+        rng.integers(1, 2**10, n // 4) * 2.0 ** rng.integers(-25, -5, n // 4)
+    ).astype(np.float32)
+    expected = _exact_fma32(codes, steps, offsets)
+    two_roundings = (codes * steps).astype(np.float32) + offsets
+    assert np.count_nonzero(two_roundings != expected) > 50  # the test can tell them apart
+    high, low = packing._split_step_sizes(tf.constant(steps))
+    fma = packing.fused_multiply_add
+    eager = fma(tf.constant(codes), high, low, tf.constant(offsets)).numpy()
+    compiled = tf.function(fma, jit_compile=True)(
+        tf.constant(codes), high, low, tf.constant(offsets)
+    )
+    np.testing.assert_array_equal(eager, expected)
+    np.testing.assert_array_equal(compiled.numpy(), expected)
+
+
+def test_chunked_packing_matches(monkeypatch):
+    """Quantizing and packing in small chunks changes nothing."""
+    table, steps, offset, candidates, groups, bits = _make_case(
+        [7, 40, 33], [3, 8, 5], 6, "shuffled", 9
+    )
+    whole = packing.pack_table(table, steps, offset, candidates, groups, bits)
+    monkeypatch.setattr(packing, "_QUANTIZE_CHUNK", 5)
+    monkeypatch.setattr(packing, "_PACK_CHUNK", 64)
+    chunked = packing.pack_table(table, steps, offset, candidates, groups, bits)
+    for name, array in whole.arrays().items():
+        np.testing.assert_array_equal(chunked.arrays()[name], array, err_msg=name)
+    ids = np.arange(table.shape[0])
+    np.testing.assert_array_equal(
+        chunked.lookup(ids).numpy(), _expected(table, steps, offset, candidates, groups, bits, ids)
+    )
+
+
+def test_bit_positions_do_not_overflow_int32():
+    """`divmod(index * width, 32)` in int32 even where `index * width` exceeds 2**31."""
+    rng = np.random.default_rng(0)
+    width = rng.integers(1, 131 * 8, size=10_000)
+    index = (rng.random(10_000) * np.minimum((2**31 - 1) * 32 // width, 2**31)).astype(np.int64)
+    index[:3], width[:3] = [2**31 - 1, 2**30, 2**25 + 12345], [31, 63, 1040]
+    word, bit = packing._bit_position(tf.constant(index, tf.int32), tf.constant(width, tf.int32))
+    assert word.dtype == tf.int32
+    np.testing.assert_array_equal(word.numpy(), index * width // 32)
+    np.testing.assert_array_equal(bit.numpy(), index * width % 32)
+    assert (index * width >= 2**31).mean() > 0.9
