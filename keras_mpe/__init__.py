@@ -1,7 +1,8 @@
 """keras_mpe: Mixed-Precision Embeddings for Keras and TensorFlow Recommenders."""
 
 from keras_mpe.embedding import MixedPrecisionEmbedding
+from keras_mpe.export import export_saved_model
 
 __version__ = "0.1.0"
 
-__all__ = ["MixedPrecisionEmbedding", "__version__"]
+__all__ = ["MixedPrecisionEmbedding", "__version__", "export_saved_model"]

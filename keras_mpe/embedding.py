@@ -6,11 +6,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import grouping, precision, quantizers
+from keras_mpe import grouping, packing, precision, quantizers
 from keras_mpe.backend import IS_KERAS_3, keras, not_equal, set_variable_trainable
 
 MAX_BITS = 8
-SEARCH, RETRAIN = "search", "retrain"
+SEARCH, RETRAIN, PACKED = "search", "retrain", "packed"
+# the variables a packed layer keeps; all others are the training state it drops
+PACKED_KEEPS = ("step_sizes", "offset")
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -165,6 +167,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.supports_masking = mask_zero
         self.groups = int(grouping.group_sizes(self.input_dim, self.num_groups).size)
         self._nonzero_bit_widths = [b for b in self.bit_widths if b > 0]
+        self._packed: dict | None = None
 
     # ----------------------------------------------------------------- build
     def build(self, input_shape: Any = None) -> None:
@@ -276,6 +279,8 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 "feeds floats unless it starts with `keras.Input(shape=..., "
                 "dtype='int32')`."
             )
+        if self._packed is not None:
+            return tf.cast(self._packed_call(inputs), self.compute_dtype)
         valid = tf.logical_and(inputs >= 0, inputs < self.input_dim)
         ids = tf.reshape(tf.where(valid, tf.cast(inputs, tf.int32), 0), [-1])
         rows = tf.gather(self.embeddings, ids)
@@ -332,7 +337,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     # -------------------------------------------------------------- precision
     @property
     def state(self) -> str:
-        """`"search"` or `"retrain"`."""
+        """`"search"`, `"retrain"` or `"packed"`."""
+        if self._packed is not None:
+            return PACKED
         return RETRAIN if int(self.precision_frozen.numpy()) else SEARCH
 
     def expected_bits(self) -> np.ndarray:
@@ -378,8 +385,8 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     def memory_report(self) -> dict:
         """Bytes the packed table takes (see `keras_mpe.precision.memory_report`).
 
-        Uses the expected bits in the search state and the chosen bits after
-        `freeze_precision()`.
+        Uses the expected bits in the search state, the chosen bits after
+        `freeze_precision()`, and the stored arrays once packed.
 
         Example:
 
@@ -389,6 +396,8 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         >>> layer.memory_report()["payload_bytes"]
         3000
         """
+        if self._packed is not None:
+            return self._packed_memory_report()
         id_to_group = self.id_to_group.numpy()
         bits = self.group_bit_widths.numpy() if self.state == RETRAIN else self.expected_bits()
         return precision.memory_report(
@@ -397,6 +406,80 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             output_dim=self.output_dim,
             num_step_sizes=len(self._nonzero_bit_widths),
             needs_permutation=not grouping.groups_are_contiguous(id_to_group),
+        )
+
+    # ----------------------------------------------------------------- packing
+    def pack(self) -> None:
+        """Moves a retrain-state layer to the packed state, for inference and export.
+
+        The float table and the search state are dropped; the table is kept as codes
+        bit-packed into uint32 words (`keras_mpe.packing.pack_table`), bit-exact with
+        the retrain state's outputs, plus the step sizes, the offset, three int32 per
+        group and, when groups are not contiguous id ranges, a packed permutation.
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(1000, 16, num_groups=4)
+        >>> layer.build()
+        >>> layer.freeze_precision([0, 0, 2, 4])
+        >>> before = layer(np.arange(1000)).numpy()
+        >>> layer.pack()
+        >>> bool((layer(np.arange(1000)).numpy() == before).all()), layer.state
+        (True, 'packed')
+        """
+        if not self.built or self.state != RETRAIN:
+            state = self.state if self.built else "unbuilt"
+            raise ValueError(
+                f"Layer '{self.name}' is in the {state} state; only a retrain-state layer "
+                "can be packed. Run the search (`PrecisionSearch`) or call "
+                "`freeze_precision()` first."
+            )
+        table = packing.pack_table(
+            self.embeddings.numpy(),
+            self.step_sizes.numpy(),
+            self.offset.numpy(),
+            self.bit_widths,
+            self.id_to_group.numpy(),
+            self.group_bit_widths.numpy(),
+        )
+        if IS_KERAS_3:
+            self._tracker.unlock()
+        for name in list(self._named_variables()):
+            if name not in PACKED_KEEPS:
+                delattr(self, name)
+        arrays = table.arrays()
+        self._packed = {
+            name: self._add_state(f"packed_{name}", arrays[name], arrays[name].dtype.name)
+            for name in ("words", "first_rows", "first_words", "group_bits", "permutation")
+            if name in arrays
+        }
+        if IS_KERAS_3:
+            self._tracker.lock()
+        self._packed_max_bits = table.max_bits
+
+    def _packed_call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return packing.lookup_packed(
+            inputs,
+            words=self._packed["words"],
+            first_rows=self._packed["first_rows"],
+            first_words=self._packed["first_words"],
+            group_bits=self._packed["group_bits"],
+            step_sizes=self.step_sizes,
+            offset=self.offset,
+            permutation=self._packed.get("permutation"),
+            input_dim=self.input_dim,
+            step_bit_widths=self._nonzero_bit_widths,
+            max_bits=self._packed_max_bits,
+        )
+
+    def _packed_memory_report(self) -> dict:
+        first_rows = self._packed["first_rows"].numpy().astype(np.int64)
+        return precision.memory_report(
+            rows_per_group=np.diff(np.append(first_rows, self.input_dim)),
+            bits_per_group=self._packed["group_bits"].numpy(),
+            output_dim=self.output_dim,
+            num_step_sizes=len(self._nonzero_bit_widths),
+            needs_permutation="permutation" in self._packed,
         )
 
     # ----------------------------------------------------------------- saving

@@ -1,0 +1,106 @@
+"""SavedModel export of packed tables."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mpe
+from keras_mpe.backend import keras
+
+
+def _model(frequencies=None):
+    layer = keras_mpe.MixedPrecisionEmbedding(
+        300, 8, num_groups=6, bit_widths=(0, 2, 3, 5), frequencies=frequencies, name="mpe"
+    )
+    inputs = keras.Input(shape=(4,), dtype="int32", name="ids")
+    x = keras.layers.Flatten()(layer(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(16, "relu")(x)))
+    rng = np.random.default_rng(0)
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    model.fit(rng.integers(0, 300, size=(256, 4)), rng.normal(size=(256, 1)), verbose=0)
+    layer.freeze_precision([0, 2, 3, 5, 3, 2])
+    model.fit(rng.integers(0, 300, size=(256, 4)), rng.normal(size=(256, 1)), verbose=0)
+    return model, layer
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_saved_model_outputs_equal_the_retrain_model_in_a_fresh_process(tmp_path, ordered):
+    frequencies = None if ordered else np.random.default_rng(1).integers(0, 50, size=300)
+    model, layer = _model(frequencies)
+    ids = np.random.default_rng(2).integers(-3, 305, size=(64, 4)).astype(np.int32)
+    expected = model.predict(ids, verbose=0)
+    export_dir = str(tmp_path / "export")
+    keras_mpe.export_saved_model(model, export_dir)
+    assert layer.state == "retrain"  # the original stays trainable
+
+    np.save(tmp_path / "ids.npy", ids)
+    script = (
+        "import json, sys, numpy as np, tensorflow as tf\n"
+        f"loaded = tf.saved_model.load({export_dir!r})\n"
+        f"ids = np.load({str(tmp_path / 'ids.npy')!r})\n"
+        "out = {k: f(ids=tf.constant(ids))['output_0'].numpy().tolist()\n"
+        "       for k, f in loaded.signatures.items()}\n"
+        "print(json.dumps({'mpe': 'keras_mpe' in sys.modules, 'out': out}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["mpe"] is False
+    scale = np.abs(expected).max()
+    for name in ("serving_default", "serving_xla"):
+        np.testing.assert_allclose(served["out"][name], expected, atol=1e-6 * scale)
+
+    stored = dict(tf.train.list_variables(export_dir + "/variables/variables"))
+    assert not any(shape == [300, 8] for shape in stored.values())  # no float table
+    report = layer.memory_report()
+    shapes = sorted(stored.values())
+    assert [report["payload_bytes"] // 4] in shapes
+    # kernels, biases, step sizes, offset, words, 3 group arrays (+ the permutation)
+    assert len(stored) - 1 == 10 + (not ordered)
+
+
+def test_export_refuses_a_search_state_model_and_a_full_directory(tmp_path):
+    layer = keras_mpe.MixedPrecisionEmbedding(20, 2, num_groups=2)
+    inputs = keras.Input(shape=(1,), dtype="int32")
+    model = keras.Model(inputs, layer(inputs))
+    with pytest.raises(ValueError, match="search state.*freeze_precision"):
+        keras_mpe.export_saved_model(model, str(tmp_path / "a"))
+    layer.freeze_precision()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        keras_mpe.export_saved_model(model, str(tmp_path / "b"))
+    keras_mpe.export_saved_model(model, str(tmp_path / "b"), overwrite=True)
+
+
+def test_pack_needs_the_retrain_state():
+    layer = keras_mpe.MixedPrecisionEmbedding(20, 2, num_groups=2)
+    layer.build()
+    with pytest.raises(ValueError, match="search state; only a retrain-state layer"):
+        layer.pack()
+
+
+def test_packed_layer_keeps_only_the_packed_variables():
+    layer = keras_mpe.MixedPrecisionEmbedding(64, 4, num_groups=4)
+    layer.build()
+    layer.freeze_precision([0, 1, 2, 6])
+    report = layer.memory_report()
+    layer.pack()
+    names = sorted(v.name.split("/")[-1].split(":")[0] for v in layer.weights)
+    assert names == sorted(
+        [
+            "step_sizes",
+            "offset",
+            "packed_words",
+            "packed_first_rows",
+            "packed_first_words",
+            "packed_group_bits",
+        ]
+    )
+    stored = sum(v.numpy().nbytes for v in layer.weights)
+    assert stored == report["total_bytes"] == layer.memory_report()["total_bytes"]
