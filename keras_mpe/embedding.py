@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras_mpe import grouping, packing, precision, quantizers
 from keras_mpe.backend import IS_KERAS_3, keras, not_equal, set_variable_trainable
 
-MAX_BITS = 8
+MAX_BITS = precision.MAX_BITS
 SEARCH, RETRAIN, PACKED = "search", "retrain", "packed"
 # the variables a packed layer keeps; all others are the training state it drops
 PACKED_KEEPS = ("step_sizes", "offset")
@@ -33,23 +33,13 @@ def _check_positive_float(name: str, value: Any, allow_zero: bool = False) -> No
 
 
 def _check_bit_widths(bit_widths: Any) -> tuple[int, ...]:
-    expected = (
-        f"a non-empty, strictly increasing sequence of integers in [0, {MAX_BITS}] "
-        "with at least one non-zero entry"
-    )
-    try:
-        values = tuple(bit_widths)
-    except TypeError:
-        values = None
-    if (
-        not values
-        or not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in values)
-        or any(b < 0 or b > MAX_BITS for b in values)
-        or any(a >= b for a, b in zip(values, values[1:]))
-        or max(values) == 0
-    ):
-        raise ValueError(f"`bit_widths` must be {expected}. Received: bit_widths={bit_widths!r}")
-    return tuple(int(b) for b in values)
+    values = precision.check_bit_widths(bit_widths)
+    if max(values) == 0:
+        raise ValueError(
+            "`bit_widths` must have at least one non-zero entry. "
+            f"Received: bit_widths={bit_widths!r}"
+        )
+    return values
 
 
 @keras.utils.register_keras_serializable(package="keras_mpe")

@@ -58,7 +58,7 @@ import tensorflow as tf
 
 from keras_mpe import grouping, precision, quantizers
 
-MAX_BITS = 8
+MAX_BITS = precision.MAX_BITS
 _MAX_WORDS = 2**31 - 1  # word indices are int32
 _PACK_CHUNK = 32 * 8192  # values packed at a time; a multiple of 32 keeps chunks word-aligned
 _QUANTIZE_CHUNK = 1 << 18  # rows quantized at a time (one compiled shape, plus the rest)
@@ -148,25 +148,6 @@ class PackedTable:
 # --------------------------------------------------------------------- checks
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _check_bit_widths(bit_widths: Any) -> tuple[int, ...]:
-    try:
-        values = tuple(bit_widths)
-    except TypeError:
-        values = None
-    if (
-        not values
-        or not all(_is_int(b) for b in values)
-        or any(b < 0 or b > MAX_BITS for b in values)
-        or any(a >= b for a, b in zip(values, values[1:]))
-    ):
-        raise ValueError(
-            "`bit_widths` must be a non-empty, strictly increasing sequence of integers "
-            f"in [0, {MAX_BITS}] (the candidate bit-widths). Received: "
-            f"bit_widths={bit_widths!r}"
-        )
-    return tuple(int(b) for b in values)
 
 
 def _float_array(name: str, value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -294,7 +275,7 @@ def pack_table(
     >>> packed.nbytes == packed.memory_report()["total_bytes"] == 4 * (1 + 1 + 2 + 3 * 2)
     True
     """
-    candidates = _check_bit_widths(bit_widths)
+    candidates = precision.check_bit_widths(bit_widths)
     nonzero = tuple(b for b in candidates if b > 0)
     values = np.asarray(table.numpy() if isinstance(table, tf.Variable | tf.Tensor) else table)
     if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 1:

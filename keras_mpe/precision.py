@@ -12,10 +12,38 @@ The packed layout (what `memory_report` counts and the packed export stores):
 """
 
 import math
+from typing import Any
 
 import numpy as np
 
 GROUP_FIELDS = 3  # first row, first word, bit-width: one int32 each
+MAX_BITS = 8
+
+
+def check_bit_widths(bit_widths: Any) -> tuple[int, ...]:
+    """Validates candidate bit-widths: a non-empty, strictly increasing sequence of
+    integers in `[0, MAX_BITS]`. Returns them as a tuple of ints.
+
+    Example:
+
+    >>> check_bit_widths([0, 2, 4])
+    (0, 2, 4)
+    """
+    try:
+        values = tuple(bit_widths)
+    except TypeError:
+        values = None
+    if (
+        not values
+        or not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in values)
+        or any(b < 0 or b > MAX_BITS for b in values)
+        or any(a >= b for a, b in zip(values, values[1:]))
+    ):
+        raise ValueError(
+            "`bit_widths` must be a non-empty, strictly increasing sequence of integers "
+            f"in [0, {MAX_BITS}]. Received: bit_widths={bit_widths!r}"
+        )
+    return tuple(int(b) for b in values)
 
 
 def select_bit_widths(probabilities: np.ndarray, bit_widths: np.ndarray) -> np.ndarray:
