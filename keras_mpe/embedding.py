@@ -251,9 +251,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         """
         if not self.built:
             self.build()
-        self._set_frequencies(grouping.count_frequencies(data, self.input_dim))
-
-    def _set_frequencies(self, frequencies: np.ndarray) -> None:
+        frequencies = grouping.count_frequencies(data, self.input_dim)
         id_to_group, masses = grouping.frequency_groups(frequencies, self.num_groups)
         self.frequencies.assign(frequencies)
         self.id_to_group.assign(id_to_group)
