@@ -11,8 +11,6 @@ from keras_mpe.backend import IS_KERAS_3, keras, not_equal, set_variable_trainab
 
 MAX_BITS = precision.MAX_BITS
 SEARCH, RETRAIN, PACKED = "search", "retrain", "packed"
-# the variables a packed layer keeps; all others are the training state it drops
-PACKED_KEEPS = ("step_sizes", "offset")
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -66,7 +64,10 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     groups weigh the same in the penalty.
 
     Ids outside `[0, input_dim)` (negative or too large) look up an all-zero vector
-    and pass no gradient; they never return another row's embedding.
+    and pass no gradient; they never return another row's embedding. Ids should be
+    integers; float32 ids (which a Keras 3 `Sequential` without an int32
+    `keras.Input` passes on) are accepted when `input_dim <= 2**24`, and those that
+    are not whole numbers count as out of range.
 
     Example:
 
@@ -166,10 +167,13 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.embeddings = self._add_weight(
             "embeddings", (self.input_dim, self.output_dim), self._initial_table
         )
-        self.step_sizes = self._add_weight(
-            "step_sizes", (len(self._nonzero_bit_widths),), self._initial_step_sizes
+        self.log_step_sizes = self._add_weight(
+            "log_step_sizes", (len(self._nonzero_bit_widths),), self._initial_log_step_sizes
         )
-        self.offset = self._add_weight("offset", (self.output_dim,), "zeros")
+        self.relative_offset = self._add_weight("relative_offset", (self.output_dim,), "zeros")
+        self.offset_scale = self._add_weight(
+            "offset_scale", (), lambda shape, dtype=None: self._initial_mean_abs, trainable=False
+        )
         self.precision_logits = self._add_weight(
             "precision_logits", (self.groups, num_bits), "zeros"
         )
@@ -227,10 +231,35 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             )
         return table
 
-    def _initial_step_sizes(self, shape: Any, dtype: Any = None) -> tf.Tensor:
-        """`alpha_b = 2 * mean|W0| / sqrt(2**(b-1))` over the initial table."""
+    def _initial_log_step_sizes(self, shape: Any, dtype: Any = None) -> tf.Tensor:
+        """`log(alpha_b)`, `alpha_b = 2 * mean|W0| / sqrt(2**(b-1))` over the initial table."""
         bits = np.asarray(self._nonzero_bit_widths, np.float32)
-        return self._initial_mean_abs * (2.0 / np.sqrt(2.0 ** (bits - 1.0)))
+        return tf.math.log(self._initial_mean_abs * (2.0 / np.sqrt(2.0 ** (bits - 1.0))))
+
+    @property
+    def step_sizes(self) -> tf.Tensor:
+        """The step size `alpha_b` of each non-zero candidate bit-width, float32.
+
+        Learned as `log_step_sizes`: positive by construction, and an adaptive
+        optimizer such as Adam changes them by a relative amount per step (about its
+        learning rate) whatever their scale. Learned directly, a step size of about
+        1e-3 moves by the whole learning rate at every step.
+        """
+        if self._packed is not None:
+            return self._packed["step_sizes"]
+        return tf.exp(self.log_step_sizes)
+
+    @property
+    def offset(self) -> tf.Tensor:
+        """The LSQ+ offset `beta`, float32 `[output_dim]`.
+
+        Learned as `relative_offset`, in units of the initial table's mean |value|
+        (`offset_scale`), so that an adaptive optimizer moves it by about its
+        learning rate times the table's scale per step, not by the learning rate.
+        """
+        if self._packed is not None:
+            return self._packed["offset"]
+        return self.relative_offset * self.offset_scale
 
     # ------------------------------------------------------------ frequencies
     def adapt(self, data: Any) -> None:
@@ -259,14 +288,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
 
     # ------------------------------------------------------------------- call
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        inputs = tf.convert_to_tensor(inputs)
-        if not inputs.dtype.is_integer:
-            raise TypeError(
-                "`MixedPrecisionEmbedding` takes integer ids. Received inputs of dtype "
-                f"{inputs.dtype.name}. Feed integer ids; a Keras 3 `Sequential` model "
-                "feeds floats unless it starts with `keras.Input(shape=..., "
-                "dtype='int32')`."
-            )
+        inputs = self._integer_ids(tf.convert_to_tensor(inputs))
         if self._packed is not None:
             return tf.cast(self._packed_call(inputs), self.compute_dtype)
         valid = tf.logical_and(inputs >= 0, inputs < self.input_dim)
@@ -290,6 +312,25 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.add_loss(self._penalty())
         shape = tf.concat([tf.shape(inputs), [self.output_dim]], axis=0)
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
+
+    def _integer_ids(self, inputs: tf.Tensor) -> tf.Tensor:
+        """Integer ids as they are; float32 ids (a Keras 3 `Sequential` without
+        `keras.Input(dtype="int32")` feeds them) as int32, with fractional or
+        non-finite ones made invalid (-1, so they look up zeros)."""
+        if inputs.dtype.is_integer:
+            return inputs
+        if inputs.dtype != tf.float32 or self.input_dim > 2**24:
+            raise TypeError(
+                "`MixedPrecisionEmbedding` takes integer ids (or float32 ids when "
+                "input_dim <= 2**24, which float32 holds exactly). Received inputs of "
+                f"dtype {inputs.dtype.name} for input_dim={self.input_dim}. Feed int32 ids, "
+                "e.g. start a Keras 3 `Sequential` model with "
+                "`keras.Input(shape=..., dtype='int32')`."
+            )
+        whole = tf.logical_and(
+            tf.equal(tf.math.floor(inputs), inputs), tf.abs(inputs) <= self.input_dim
+        )
+        return tf.where(whole, tf.cast(tf.where(whole, inputs, 0.0), tf.int32), -1)
 
     def _candidate_step_sizes(self) -> tf.Tensor:
         """One step size per candidate bit-width (1.0, unused, for a 0-bit one)."""
@@ -370,11 +411,15 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.precision_frozen.assign(1)
         set_variable_trainable(self, self.precision_logits, False)
 
-    def memory_report(self) -> dict:
+    def memory_report(self, bit_widths: Any = None) -> dict:
         """Bytes the packed table takes (see `keras_mpe.precision.memory_report`).
 
-        Uses the expected bits in the search state, the chosen bits after
-        `freeze_precision()`, and the stored arrays once packed.
+        Uses `bit_widths` when given, else the expected bits in the search state, the
+        chosen bits after `freeze_precision()`, and the stored arrays once packed.
+
+        Args:
+            bit_widths: optional per-group bits `[groups]` to account for instead,
+                e.g. `select_bit_widths()` during the search.
 
         Example:
 
@@ -387,7 +432,17 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         if self._packed is not None:
             return self._packed_memory_report()
         id_to_group = self.id_to_group.numpy()
-        bits = self.group_bit_widths.numpy() if self.state == RETRAIN else self.expected_bits()
+        if bit_widths is not None:
+            bits = np.asarray(bit_widths)
+            if bits.shape != (self.groups,):
+                raise ValueError(
+                    f"`bit_widths` must have one entry per group, shape ({self.groups},). "
+                    f"Received: bit_widths with shape {bits.shape}"
+                )
+        elif self.state == RETRAIN:
+            bits = self.group_bit_widths.numpy()
+        else:
+            bits = self.expected_bits()
         return precision.memory_report(
             rows_per_group=np.bincount(id_to_group, minlength=self.groups),
             bits_per_group=bits,
@@ -422,10 +477,11 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 "can be packed. Run the search (`PrecisionSearch`) or call "
                 "`freeze_precision()` first."
             )
+        step_sizes, offset = self.step_sizes.numpy(), self.offset.numpy()
         table = packing.pack_table(
             self.embeddings.numpy(),
-            self.step_sizes.numpy(),
-            self.offset.numpy(),
+            step_sizes,
+            offset,
             self.bit_widths,
             self.id_to_group.numpy(),
             self.group_bit_widths.numpy(),
@@ -433,14 +489,15 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         if IS_KERAS_3:
             self._tracker.unlock()
         for name in list(self._named_variables()):
-            if name not in PACKED_KEEPS:
-                delattr(self, name)
+            delattr(self, name)
         arrays = table.arrays()
         self._packed = {
             name: self._add_state(f"packed_{name}", arrays[name], arrays[name].dtype.name)
             for name in ("words", "first_rows", "first_words", "group_bits", "permutation")
             if name in arrays
         }
+        self._packed["step_sizes"] = self._add_state("step_sizes", step_sizes)
+        self._packed["offset"] = self._add_state("offset", offset)
         if IS_KERAS_3:
             self._tracker.lock()
         self._packed_max_bits = table.max_bits

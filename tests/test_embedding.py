@@ -74,13 +74,14 @@ def test_variables_and_initial_values():
     table = layer.embeddings.numpy()
     assert names(layer.trainable_weights) == [
         "embeddings",
-        "step_sizes",
-        "offset",
+        "log_step_sizes",
+        "relative_offset",
         "precision_logits",
     ]
     mean_abs = np.abs(table).mean()
     expected = [2 * mean_abs / np.sqrt(2.0 ** (b - 1)) for b in range(1, 7)]
     np.testing.assert_allclose(layer.step_sizes.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(layer.offset_scale.numpy(), mean_abs, rtol=1e-5)
     np.testing.assert_array_equal(layer.offset.numpy(), np.zeros(8))
     np.testing.assert_array_equal(layer.precision_logits.numpy(), np.zeros((10, 7)))
     assert layer.temperature.numpy() == pytest.approx(3e-3)
@@ -162,13 +163,13 @@ def test_search_gradients_match_autodiff_of_the_reference_mixture():
 
     layer = _layer(40, 4, num_groups=5, bit_penalty=0.0)
     _randomize_logits(layer, seed=3)
-    layer.offset.assign([0.001, -0.002, 0.0, 0.003])
+    layer.relative_offset.assign(np.array([0.001, -0.002, 0.0, 0.003]) / layer.offset_scale)
     ids = np.array([[0, 5, 39], [20, 20, 11]])
     dy = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
     variables = [
         layer.embeddings,
-        layer.step_sizes,
-        layer.offset,
+        layer.log_step_sizes,
+        layer.relative_offset,
         layer.precision_logits,
     ]
     with tf.GradientTape() as tape:
@@ -185,7 +186,9 @@ def test_search_gradients_match_autodiff_of_the_reference_mixture():
         )
         parts = [
             probs[:, k : k + 1]
-            * quantizers.lsq_quantize(rows, layer.step_sizes[k - 1], layer.offset, b, scale[b])
+            * quantizers.lsq_quantize(
+                rows, tf.exp(layer.log_step_sizes)[k - 1], layer.offset, b, scale[b]
+            )
             for k, b in enumerate(BITS)
             if b
         ]
@@ -369,9 +372,19 @@ def test_mixed_float16_policy():
     assert layer.embeddings.dtype == tf.float32
 
 
-def test_float_ids_are_rejected():
-    with pytest.raises(TypeError, match="integer ids. Received inputs of dtype float32"):
-        _layer(10, 2)(tf.constant([1.0, 2.0]))
+def test_float32_ids_are_read_as_integers_and_fractional_ones_as_out_of_range():
+    layer = _layer(10, 2)
+    got = layer(tf.constant([1.0, 2.0, 2.5, -1.0, np.nan, np.inf, 10.0, 9.0])).numpy()
+    want = layer(tf.constant([1, 2, -1, -1, -1, -1, 10, 9])).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(want[:2]).sum() > 0 and np.abs(want[2:7]).sum() == 0
+
+
+def test_ids_float32_cannot_hold_exactly_are_rejected():
+    with pytest.raises(TypeError, match="Received inputs of dtype float16 for input_dim=10"):
+        _layer(10, 2)(tf.constant([1.0, 2.0], tf.float16))
+    with pytest.raises(TypeError, match="dtype float32 for input_dim=16777217"):
+        MixedPrecisionEmbedding(2**24 + 1, 1, embeddings_initializer="ones")(tf.constant([1.0]))
 
 
 @pytest.mark.parametrize(
@@ -486,10 +499,15 @@ def test_retrain_gradients_match_single_width_quantizers():
 
     layer = _layer(40, 4, num_groups=4, bit_widths=(0, 2, 3, 5))
     layer.freeze_precision([0, 5, 2, 3])
-    layer.offset.assign([0.001, -0.002, 0.0, 0.003])
+    layer.relative_offset.assign(np.array([0.001, -0.002, 0.0, 0.003]) / layer.offset_scale)
     ids = np.array([0, 5, 39, 20, 20, 11, 30])
     dy = np.random.default_rng(1).normal(size=(7, 4)).astype(np.float32)
-    variables = [layer.embeddings, layer.step_sizes, layer.offset, layer.precision_logits]
+    variables = [
+        layer.embeddings,
+        layer.log_step_sizes,
+        layer.relative_offset,
+        layer.precision_logits,
+    ]
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(layer(ids) * dy)
     got = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, variables)]
@@ -501,7 +519,7 @@ def test_retrain_gradients_match_single_width_quantizers():
         parts = [
             quantizers.lsq_quantize(
                 rows[i : i + 1],
-                layer.step_sizes[position[b]] if b else 1.0,
+                tf.exp(layer.log_step_sizes)[position[b]] if b else 1.0,
                 layer.offset,
                 int(b),
                 quantizers.lsq_grad_scale(int(b), 160),

@@ -265,7 +265,7 @@ def test_matches_the_retrain_layer():
     rng = np.random.default_rng(5)
     layer = MixedPrecisionEmbedding(300, 12, num_groups=9, bit_widths=(0, 1, 2, 4, 8))
     layer.adapt(rng.zipf(1.3, size=2000) % 300)
-    layer.offset.assign(rng.normal(scale=0.001, size=12).astype(np.float32))
+    layer.relative_offset.assign(rng.normal(scale=0.3, size=12).astype(np.float32))
     layer.freeze_precision(rng.choice([0, 1, 2, 4, 8], size=9).astype(np.int32))
     packed = packing.pack_table(
         layer.embeddings,
