@@ -1,8 +1,16 @@
 """keras_mpe: Mixed-Precision Embeddings for Keras and TensorFlow Recommenders."""
 
+from keras_mpe.callbacks import PrecisionSearch
 from keras_mpe.embedding import MixedPrecisionEmbedding
 from keras_mpe.export import export_saved_model
+from keras_mpe.plotting import plot_precision
 
 __version__ = "0.1.0"
 
-__all__ = ["MixedPrecisionEmbedding", "__version__", "export_saved_model"]
+__all__ = [
+    "MixedPrecisionEmbedding",
+    "PrecisionSearch",
+    "__version__",
+    "export_saved_model",
+    "plot_precision",
+]

@@ -1,9 +1,11 @@
-"""A TensorFlow Recommenders ranking model with MixedPrecisionEmbedding towers."""
+"""A TensorFlow Recommenders ranking model with MixedPrecisionEmbedding towers,
+searched with PrecisionSearch and retrained."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_mpe
 from keras_mpe import MixedPrecisionEmbedding
 from keras_mpe.backend import IS_KERAS_3
 
@@ -24,10 +26,10 @@ def test_tfrs_ranking_model_searches_then_retrains():
         def __init__(self):
             super().__init__()
             self.user_embedding = tf.keras.Sequential(
-                [MixedPrecisionEmbedding(60, 8, num_groups=6, bit_penalty=1e-3)]
+                [MixedPrecisionEmbedding(60, 8, num_groups=6, bit_penalty=1e-3, name="user")]
             )
             self.item_embedding = tf.keras.Sequential(
-                [MixedPrecisionEmbedding(80, 8, num_groups=8, bit_penalty=1e-3)]
+                [MixedPrecisionEmbedding(80, 8, num_groups=8, bit_penalty=1e-3, name="item")]
             )
             self.ratings = tf.keras.Sequential(
                 [tf.keras.layers.Dense(16, activation="relu"), tf.keras.layers.Dense(1)]
@@ -52,14 +54,15 @@ def test_tfrs_ranking_model_searches_then_retrains():
     ).batch(64)
     model = RankingModel()
     model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
-    search = model.fit(data, epochs=3, verbose=0).history
+    precision_search = keras_mpe.PrecisionSearch("root_mean_squared_error", verbose=0)
+    search = model.fit(data, epochs=3, verbose=0, callbacks=[precision_search]).history
     assert search["regularization_loss"][-1] > 0  # the bit penalty is in the loss
     assert search["total_loss"][-1] < search["total_loss"][0]
+    assert len(search["mpe_avg_bits_user"]) == len(search["mpe_compression_item"]) == 3
 
     layers = [model.user_embedding.layers[0], model.item_embedding.layers[0]]
-    for layer in layers:
-        layer.freeze_precision()
+    assert all(layer.state == "retrain" for layer in layers)  # found inside the towers
+    assert sorted(precision_search.reports) == ["item", "user"]
     retrain = model.fit(data, epochs=2, verbose=0).history
     assert retrain["regularization_loss"] == [0.0, 0.0]
     assert np.isfinite(retrain["root_mean_squared_error"]).all()
-    assert all(layer.state == "retrain" for layer in layers)

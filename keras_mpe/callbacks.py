@@ -1,0 +1,467 @@
+"""`PrecisionSearch`: the MPE search phase as a Keras callback."""
+
+import importlib.util
+import math
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keras_mpe import precision
+from keras_mpe.backend import keras
+from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding
+from keras_mpe.export import find_mixed_precision_layers
+
+# With `target_compression`, the bit penalty is updated this many times over a search
+# (at least every step when the search is shorter) ...
+PENALTY_UPDATES = 200
+# ... by the factor (aim / compression), clipped to this range, where the expected bits'
+# compression is compared with the middle of the accepted window [R, 1.1 R].
+PENALTY_FACTOR_RANGE = (0.5, 2.0)
+# The penalty a target starts from when the layer's own `bit_penalty` is 0.
+PENALTY_START = 1e-9
+TARGET_TOLERANCE = 1.1
+STATE_FILE = "precision_search_state.npz"
+INITIAL_TABLES_FILE = "precision_search_initial_tables.npz"
+
+
+class PrecisionSearch(keras.callbacks.Callback):
+    """Runs the MPE bit-width search during one `fit` and prepares the retrain.
+
+    Pass it to the first `model.fit` (the search). It finds every
+    `MixedPrecisionEmbedding` in the model, nested ones included, and:
+
+    - anneals each layer's softmax temperature geometrically from
+      `initial_temperature` down to the layer's own `temperature`, over the whole
+      fit, so the precision distributions explore before they settle;
+    - with `target_compression=R`, steers each layer's bit penalty so the table's
+      compression ratio (with overhead) approaches `1.05 * R` (the rule is below);
+    - at each epoch end adds `mpe_avg_bits` and `mpe_compression` (of the bits that
+      would be selected if the search ended now, i.e. at the final temperature) to
+      the logs, so they reach the progress bar, `History`
+      and TensorBoard; with several layers also `mpe_avg_bits_<layer name>` and
+      `mpe_compression_<layer name>`; and keeps the precision logits, step sizes and
+      offset of the best epoch by `monitor`;
+    - at the end restores those, selects one bit-width per group (the largest with
+      probability >= 1/(2K) at the final temperature), freezes the precision,
+      rewinds the tables to their initial values (`rewind=True`), replaces the
+      model's optimizer by a fresh one built from its config (same class and
+      settings, empty slots, iteration 0), clears the compiled train function so
+      the next `fit` retraces with the new trainable variables, and prints a
+      summary per layer.
+
+    The second `model.fit` then retrains at the fixed bits with no bit penalty and
+    no recompile. The rest of the model keeps the weights of the search's last
+    epoch; only the precision logits, step sizes and offsets come from the best.
+
+    **Temperature and learning rate.** The precision logits `g` only enter as
+    `g / temperature`, so a learning-rate scale for the logits is the same thing as
+    a temperature scale. An adaptive optimizer (Adam) moves each logit by about its
+    learning rate per step whatever the gradient's size, so with the reference
+    temperature 3e-3 and learning rate 1e-3 a distribution can be one-hot after a
+    few dozen steps. The default schedule starts at `initial_temperature=1.0`: in
+    the first third of a search the logits can move by about `lr * steps`, far
+    less than the temperature. The step sizes are learned in log space (see
+    `MixedPrecisionEmbedding.step_sizes`) for the same reason.
+
+    **Memory budget.** With `target_compression=R` the layers' `bit_penalty`
+    variables are controlled: `PENALTY_UPDATES` times over the search, each is
+    multiplied by `1.05 * R / r`, clipped to `[0.5, 2]`, where `r` is the
+    compression ratio of the bits that would be selected now at the final
+    temperature, where the search is heading (a penalty of 0 first becomes
+    `PENALTY_START`). At the end, if the selected bits miss `[R, 1.1 * R]`, they are
+    moved one candidate width at a time: down from the rarest group up while the
+    ratio is below R, then up from the most frequent group down while it is above
+    1.1 R and the next step keeps it >= R. The ratio is thus >= R, and within 10%
+    of R unless one group's step is larger than that. Monitor a metric rather than
+    a loss with a target: the loss includes the changing penalty.
+
+    **Interruption.** Give `backup_dir` to make the search resumable, e.g. next to
+    `keras.callbacks.BackupAndRestore` (which restores the model, its optimizer and
+    the epoch): the initial tables and the best epoch's state are kept there and
+    read back when the fit starts again, so the resumed search selects the same
+    bits as an uninterrupted one. The files are deleted when the search ends.
+
+    Example:
+
+    ```python
+    search = keras_mpe.PrecisionSearch(monitor="val_auc")
+    model.fit(x, y, validation_data=(vx, vy), epochs=3, callbacks=[search])
+    model.fit(x, y, validation_data=(vx, vy), epochs=3)  # retrain at fixed bits
+    print(search.reports["mpe"]["compression_ratio"])
+    ```
+
+    Args:
+        monitor: the logged quantity that picks the best epoch.
+        mode: `"min"`, `"max"` or `"auto"` (max for names containing "auc" or "acc",
+            else min).
+        rewind: whether to reset the tables to their values at the start of the
+            search (MPE's retrain recipe).
+        target_compression: optional compression ratio R > 1 (float32 bytes over
+            packed bytes, overhead included) that every table must reach.
+        initial_temperature: the temperature the search starts at, >= each layer's
+            `temperature`; `None` keeps the layers' temperature constant.
+        backup_dir: optional directory for the state that makes a search resumable.
+        log_dir: optional TensorBoard log directory; per epoch, a histogram of each
+            layer's per-group expected bits is written under `<log_dir>/mpe`.
+        verbose: 0 for silence, 1 to print the summary at the end.
+
+    Attributes:
+        reports: after the search, `{layer name: layer.memory_report()}`.
+        best_epoch: the epoch (0-based) whose state was restored.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        rewind: bool = True,
+        target_compression: float | None = None,
+        initial_temperature: float | None = 1.0,
+        backup_dir: str | None = None,
+        log_dir: str | None = None,
+        verbose: int = 1,
+    ) -> None:
+        super().__init__()
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"`monitor` must be a non-empty str. Received: monitor={monitor!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"`mode` must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
+        if target_compression is not None and not (
+            _is_number(target_compression) and target_compression > 1
+        ):
+            raise ValueError(
+                "`target_compression` must be a number > 1 (float32 bytes over packed bytes). "
+                f"Received: target_compression={target_compression!r}"
+            )
+        if initial_temperature is not None and not (
+            _is_number(initial_temperature) and initial_temperature > 0
+        ):
+            raise ValueError(
+                "`initial_temperature` must be a number > 0 or None. "
+                f"Received: initial_temperature={initial_temperature!r}"
+            )
+        if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
+            raise ImportError(
+                "`log_dir` needs TensorBoard to write histograms, and it is not installed. "
+                f"Install it with `pip install tensorboard`, or drop log_dir={log_dir!r}."
+            )
+        if mode == "auto":
+            mode = "max" if ("auc" in monitor or "acc" in monitor) else "min"
+        self.monitor = monitor
+        self.mode = mode
+        self.rewind = bool(rewind)
+        self.target_compression = target_compression
+        self.initial_temperature = initial_temperature
+        self.backup_dir = backup_dir
+        self.log_dir = log_dir
+        self.verbose = verbose
+        self.reports: dict[str, dict] = {}
+        self.best_epoch: int | None = None
+
+    # ------------------------------------------------------------------ start
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._layers = find_mixed_precision_layers(self.model)
+        if not self._layers:
+            raise ValueError(
+                "PrecisionSearch found no MixedPrecisionEmbedding in the model "
+                f"{self.model.name!r}; it has nothing to search."
+            )
+        for layer in self._layers:
+            self._check_layer(layer)
+        self._epochs = self.params.get("epochs") or 1
+        self._steps = self.params.get("steps")
+        self._epoch = 0
+        self._best_value = math.inf if self.mode == "min" else -math.inf
+        self._best_states: list[dict] | None = None
+        self._initial_tables = [layer.embeddings.numpy() for layer in self._layers]
+        if self.backup_dir is not None:
+            self._restore_backup()
+        if self.target_compression is not None:
+            for layer in self._layers:
+                if float(layer.bit_penalty.numpy()) == 0.0:
+                    layer.bit_penalty.assign(PENALTY_START)
+        self._writer = (
+            tf.summary.create_file_writer(os.path.join(self.log_dir, "mpe"))
+            if self.log_dir
+            else None
+        )
+
+    def _check_layer(self, layer: MixedPrecisionEmbedding) -> None:
+        if not layer.built:  # a subclassed model builds its layers in the first step,
+            layer.build()  # too late for the snapshot of the initial table
+        if layer.state != SEARCH:
+            raise ValueError(
+                f"Layer '{layer.name}' is in the {layer.state} state; PrecisionSearch runs the "
+                "search, so it needs layers in the search state. The retrain `fit` after "
+                "the search needs no PrecisionSearch."
+            )
+        if self.initial_temperature is not None:
+            if self.initial_temperature < layer.initial_temperature:
+                raise ValueError(
+                    f"`initial_temperature` must be >= the temperature of layer "
+                    f"'{layer.name}' ({layer.initial_temperature}), the value the schedule "
+                    f"ends at. Received: initial_temperature={self.initial_temperature!r}"
+                )
+        if self.target_compression is not None:
+            lowest = np.full(layer.groups, min(layer.bit_widths))
+            best = layer.memory_report(bit_widths=lowest)["compression_ratio"]
+            if best < self.target_compression:
+                raise ValueError(
+                    f"`target_compression` {self.target_compression} is out of reach for "
+                    f"layer '{layer.name}': with every group at {lowest[0]} bits its "
+                    f"compression is {best:.1f}x (the overhead alone). Received: "
+                    f"target_compression={self.target_compression!r}"
+                )
+
+    # ------------------------------------------------------------ during fit
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch
+        if not self._steps:
+            self._set_temperature((epoch + 1) / self._epochs)
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._steps:
+            step = self._epoch * self._steps + batch + 1
+            self._set_temperature(step / (self._epochs * self._steps))
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.target_compression is None:
+            return
+        total = self._epochs * self._steps if self._steps else PENALTY_UPDATES
+        interval = max(1, total // PENALTY_UPDATES)
+        if (batch + 1) % interval == 0:
+            for layer in self._layers:
+                self._steer_penalty(layer)
+
+    def _set_temperature(self, progress: float) -> None:
+        if self.initial_temperature is None:
+            return
+        progress = min(1.0, progress)
+        for layer in self._layers:
+            final = layer.initial_temperature
+            layer.temperature.assign(
+                self.initial_temperature * (final / self.initial_temperature) ** progress
+            )
+
+    def _steer_penalty(self, layer: MixedPrecisionEmbedding) -> None:
+        ratio = layer.memory_report(_selection(layer))["compression_ratio"]
+        aim = self.target_compression * (1 + TARGET_TOLERANCE) / 2
+        factor = float(np.clip(aim / ratio, *PENALTY_FACTOR_RANGE))
+        layer.bit_penalty.assign(float(layer.bit_penalty.numpy()) * factor)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        reports = [layer.memory_report(_selection(layer)) for layer in self._layers]
+        logs.update(_log_entries(self._layers, reports))
+        if self.monitor not in logs:
+            raise ValueError(
+                f"PrecisionSearch monitors {self.monitor!r}, which is not in the logs. "
+                f"Available: {sorted(logs)}. Pass `validation_data` to `fit` for 'val_' "
+                "entries, or choose `monitor` among these."
+            )
+        value = float(logs[self.monitor])
+        improved = value < self._best_value if self.mode == "min" else value > self._best_value
+        if improved or self._best_states is None:
+            self._best_value = value
+            self.best_epoch = epoch
+            self._best_states = [
+                {
+                    "precision_logits": layer.precision_logits.numpy(),
+                    "log_step_sizes": layer.log_step_sizes.numpy(),
+                    "relative_offset": layer.relative_offset.numpy(),
+                }
+                for layer in self._layers
+            ]
+        if self._writer is not None:
+            with self._writer.as_default():
+                for layer in self._layers:
+                    tf.summary.histogram(
+                        f"{layer.name}/expected_bits", layer.expected_bits(), step=epoch
+                    )
+            self._writer.flush()
+        if self.backup_dir is not None:
+            self._save_backup()
+
+    # ------------------------------------------------------------------- end
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._best_states is None:
+            raise RuntimeError(
+                "PrecisionSearch saw no completed epoch, so it has no precision to select. "
+                "Run the search `fit` for at least one epoch."
+            )
+        for layer, state, initial in zip(
+            self._layers, self._best_states, self._initial_tables, strict=True
+        ):
+            for name, value in state.items():
+                getattr(layer, name).assign(value)
+            layer.temperature.assign(layer.initial_temperature)
+            bits = layer.select_bit_widths()
+            if self.target_compression is not None:
+                bits = fit_to_budget(layer, bits, self.target_compression)
+            layer.freeze_precision(bits)
+            if self.rewind:
+                layer.embeddings.assign(initial)
+            self.reports[layer.name] = layer.memory_report()
+        self._initial_tables = []
+        self._reset_optimizer()
+        if self.backup_dir is not None:
+            for name in (STATE_FILE, INITIAL_TABLES_FILE):
+                path = os.path.join(self.backup_dir, name)
+                if os.path.exists(path):
+                    os.remove(path)
+        if self.verbose:
+            print(self.summary())
+
+    def _reset_optimizer(self) -> None:
+        optimizer = self.model.optimizer
+        if optimizer is not None:
+            self.model.optimizer = type(optimizer).from_config(optimizer.get_config())
+        self.model.train_function = None
+
+    def summary(self) -> str:
+        """A per-layer summary of the selected precision: bits histogram, average
+        bits, compression ratio and bytes."""
+        lines = []
+        for layer in self._layers:
+            report = self.reports[layer.name]
+            lines.append(
+                f"PrecisionSearch: layer '{layer.name}' ({layer.input_dim} x "
+                f"{layer.output_dim}), best epoch {self.best_epoch + 1} by "
+                f"{self.monitor}={self._best_value:.5g}"
+            )
+            lines.append(f"  {'bits':>4} {'groups':>7} {'rows':>10}")
+            bits, rows = report["bits_per_group"], report["rows_per_group"]
+            for width in layer.bit_widths:
+                chosen = bits == width
+                lines.append(f"  {width:>4} {chosen.sum():>7} {rows[chosen].sum():>10}")
+            lines.append(
+                f"  average bits {report['average_bits']:.3f}; compression "
+                f"{report['compression_ratio']:.1f}x with overhead "
+                f"({report['payload_compression_ratio']:.1f}x payload only); "
+                f"{report['total_bytes']:,} bytes packed vs {report['float32_bytes']:,} "
+                "float32"
+            )
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------ resumption
+    def _save_backup(self) -> None:
+        os.makedirs(self.backup_dir, exist_ok=True)
+        tables = os.path.join(self.backup_dir, INITIAL_TABLES_FILE)
+        if not os.path.exists(tables):
+            _save_npz(tables, {f"{i}": t for i, t in enumerate(self._initial_tables)})
+        arrays = {
+            f"{i}/{name}": value
+            for i, state in enumerate(self._best_states)
+            for name, value in state.items()
+        }
+        arrays["best_value"] = np.float64(self._best_value)
+        arrays["best_epoch"] = np.int64(self.best_epoch)
+        _save_npz(os.path.join(self.backup_dir, STATE_FILE), arrays)
+
+    def _restore_backup(self) -> None:
+        tables = os.path.join(self.backup_dir, INITIAL_TABLES_FILE)
+        if not os.path.exists(tables):
+            return
+        with np.load(tables) as stored:
+            self._initial_tables = [stored[f"{i}"] for i in range(len(self._layers))]
+        with np.load(os.path.join(self.backup_dir, STATE_FILE)) as stored:
+            self._best_value = float(stored["best_value"])
+            self.best_epoch = int(stored["best_epoch"])
+            self._best_states = [
+                {
+                    name: stored[f"{i}/{name}"]
+                    for name in ("precision_logits", "log_step_sizes", "relative_offset")
+                }
+                for i in range(len(self._layers))
+            ]
+
+
+def fit_to_budget(
+    layer: MixedPrecisionEmbedding, bit_widths: np.ndarray, target: float
+) -> np.ndarray:
+    """Moves per-group bits one candidate at a time until the compression ratio is in
+    `[target, 1.1 * target]`: down from the rarest group while below the target, then
+    up from the most frequent group while above 1.1 x target (never below target).
+
+    Example:
+
+    >>> layer = MixedPrecisionEmbedding(1000, 16, num_groups=4)
+    >>> layer.build()
+    >>> fit_to_budget(layer, np.array([4, 4, 4, 4]), target=16.0)
+    array([0, 0, 3, 4], dtype=int32)
+    """
+    report = layer.memory_report(bit_widths)
+    rows, overhead = report["rows_per_group"], report["overhead_bytes"]
+    float32_bytes = report["float32_bytes"]
+
+    def ratio(bits: np.ndarray) -> float:
+        payload = 4 * int(precision.payload_words(rows, bits, layer.output_dim).sum())
+        return float32_bytes / (payload + overhead)
+
+    candidates = list(layer.bit_widths)
+    bits = np.asarray(bit_widths, np.int32).copy()
+    # rarest first: lookups per row of each group
+    order = np.argsort(layer.group_masses.numpy() / np.maximum(rows, 1), kind="stable")
+    for group in order:
+        while ratio(bits) < target and bits[group] > candidates[0]:
+            bits[group] = candidates[candidates.index(bits[group]) - 1]
+    for group in order[::-1]:
+        while ratio(bits) > TARGET_TOLERANCE * target and bits[group] < candidates[-1]:
+            higher = bits.copy()
+            higher[group] = candidates[candidates.index(bits[group]) + 1]
+            if ratio(higher) < target:
+                break
+            bits = higher
+    return bits
+
+
+def final_probabilities(layer: MixedPrecisionEmbedding) -> np.ndarray:
+    """The precision distributions at the layer's final temperature, `[groups, K]`.
+
+    The search ends at that temperature and selects from these, so they tell, at any
+    point of the temperature schedule, where the search is heading.
+    """
+    scaled = layer.precision_logits.numpy().astype(np.float64) / layer.initial_temperature
+    weights = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def _selection(layer: MixedPrecisionEmbedding) -> np.ndarray:
+    """The bits that would be selected if the search ended now."""
+    return precision.select_bit_widths(final_probabilities(layer), np.asarray(layer.bit_widths))
+
+
+def _log_entries(layers: list[MixedPrecisionEmbedding], reports: list[dict]) -> dict:
+    """`mpe_avg_bits` and `mpe_compression` over all tables, and per layer if several."""
+    values = sum(layer.input_dim * layer.output_dim for layer in layers)
+    float32_bytes = sum(r["float32_bytes"] for r in reports)
+    entries = {
+        "mpe_avg_bits": sum(
+            r["average_bits"] * layer.input_dim * layer.output_dim
+            for layer, r in zip(layers, reports, strict=True)
+        )
+        / values,
+        "mpe_compression": float32_bytes / sum(r["total_bytes"] for r in reports),
+    }
+    if len(layers) > 1:
+        for layer, report in zip(layers, reports, strict=True):
+            entries[f"mpe_avg_bits_{layer.name}"] = report["average_bits"]
+            entries[f"mpe_compression_{layer.name}"] = report["compression_ratio"]
+    return entries
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    """Writes `arrays` to `path` atomically (a crash leaves the old file)."""
+    partial = path + ".partial.npz"
+    np.savez(partial, **arrays)
+    os.replace(partial, path)
