@@ -60,23 +60,26 @@ def main() -> None:
     )
     float_auc = baseline.evaluate(x_test, y_test, verbose=0, return_dict=True)["auc"]
 
-    print("[2/3] MPE search: per-group bit-widths learned with a bit penalty")
+    print("[2/3] MPE search (PrecisionSearch): per-group bit-widths learned with a penalty")
     keras.utils.set_random_seed(0)
     layer = keras_mpe.MixedPrecisionEmbedding(
         data.vocabulary_size, dim, num_groups=64, bit_penalty=args.bit_penalty
     )
     layer.adapt(x_train)
     model = build_model(layer, fields)
-    initial_table = layer.embeddings.numpy()
     compile_model(model, 1e-3)
+    search = keras_mpe.PrecisionSearch(monitor="val_auc")
     model.fit(
-        x_train, y_train, batch_size=batch, epochs=epochs, verbose=2, validation_data=validation
+        x_train,
+        y_train,
+        batch_size=batch,
+        epochs=epochs,
+        verbose=2,
+        validation_data=validation,
+        callbacks=[search],
     )
 
     print("[3/3] MPE retrain: bits frozen, table rewound to its initial values")
-    layer.freeze_precision()
-    layer.embeddings.assign(initial_table)
-    compile_model(model, 1e-3)  # a fresh optimizer for the retrain phase
     model.fit(
         x_train, y_train, batch_size=batch, epochs=epochs, verbose=2, validation_data=validation
     )
