@@ -8,8 +8,9 @@ Methods (each for every seed, all with the same model and the same total epochs)
   training, two phases like MPE.
 - `ptq-int8`, `ptq-int4` (Keras 3 only): the trained `fp32` model's table quantized after
   training with `Embedding.quantize(mode)`.
-- `mpe-<penalty>`: MixedPrecisionEmbedding searched with that bit penalty, then frozen,
-  rewound and retrained.
+- `mpe-<penalty>`: MixedPrecisionEmbedding searched with that bit penalty by
+  `PrecisionSearch` (which freezes, rewinds and resets the optimizer), then retrained.
+- `mpe-target-<R>`: the same with `PrecisionSearch(target_compression=R)`.
 Each run is read at its best validation-AUC epoch (for two-phase methods, in the second
 phase). Prints a table and writes `benchmarks/results/compression.md` and a PNG of test
 AUC against compression.
@@ -40,15 +41,8 @@ def load(name: str):
         return data.train, data.validation, data.test, data.vocabulary_size, data.description
     from keras_mpe.datasets import load_movielens
 
-    return load_movielens_ctr(load_movielens(name.split("-")[1]))
-
-
-def load_movielens_ctr(data):
-    """Adapts the MovieLens CTR view to one shared id space (fields offset)."""
-    ctr = data.ctr
-    offsets = np.concatenate([[0], np.cumsum(ctr.vocabulary_sizes)[:-1]]).astype(np.int32)
-    parts = [(ids + offsets, labels) for ids, labels in (ctr.train, ctr.validation, ctr.test)]
-    return (*parts, int(np.sum(ctr.vocabulary_sizes)), ctr.description)
+    data = load_movielens(name.split("-")[1]).to_ctr_data()
+    return data.train, data.validation, data.test, data.vocabulary_size, data.description
 
 
 class EpochReader(keras.callbacks.Callback):
@@ -78,10 +72,15 @@ def build(embedding, fields: int):
     return model
 
 
-def fit(model, train, validation, test, epochs: int, batch: int) -> EpochReader:
-    model.compile(
-        keras.optimizers.Adam(1e-3), "binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")]
-    )
+def fit(
+    model, train, validation, test, epochs: int, batch: int, callbacks=(), compile_model=True
+) -> EpochReader:
+    if compile_model:
+        model.compile(
+            keras.optimizers.Adam(1e-3),
+            "binary_crossentropy",
+            metrics=[keras.metrics.AUC(name="auc")],
+        )
     reader = EpochReader(test)
     model.fit(
         *train,
@@ -89,7 +88,7 @@ def fit(model, train, validation, test, epochs: int, batch: int) -> EpochReader:
         epochs=epochs,
         batch_size=batch,
         verbose=0,
-        callbacks=[reader],
+        callbacks=[*callbacks, reader],
     )
     return reader
 
@@ -135,18 +134,21 @@ def run_method(method: str, seed: int, data, epochs: int, batch: int) -> dict:
                 "bytes": size,
             }
         return result
+    search = {"monitor": "val_auc", "verbose": 0}
     if method.startswith("qat"):
         options = {"bit_widths": (int(method.split("-")[1].rstrip("bit")),)}
+    elif method.startswith("mpe-target"):
+        options = {}
+        search["target_compression"] = float(method.split("-")[2])
     else:
         options = {"bit_penalty": float(method.split("-", 1)[1])}
     layer = keras_mpe.MixedPrecisionEmbedding(vocabulary, dim, **options)
     layer.adapt(train[0])
     model = build(layer, fields)
-    initial = layer.embeddings.numpy()
-    fit(model, train, validation, test, epochs - half, batch)
-    layer.freeze_precision()
-    layer.embeddings.assign(initial)
-    reader = fit(model, train, validation, test, half, batch)
+    fit(
+        model, train, validation, test, epochs - half, batch, [keras_mpe.PrecisionSearch(**search)]
+    )
+    reader = fit(model, train, validation, test, half, batch, compile_model=False)
     auc, loss = reader.best()
     report = layer.memory_report()
     return {
@@ -167,13 +169,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6, help="total epochs per method")
     parser.add_argument("--batch", type=int, default=2048)
-    parser.add_argument("--penalties", default="1e-6,1e-5,1e-4")
+    parser.add_argument("--penalties", default="0,1e-6,1e-5")
+    parser.add_argument("--targets", default="8,16,32", help="target compression ratios")
     args = parser.parse_args()
     data = load(args.data)
     methods = ["fp32", "fp32-rewind", "qat-8bit", "qat-4bit", "qat-2bit"]
     if IS_KERAS_3:
         methods += ["ptq-int8", "ptq-int4"]
-    methods += [f"mpe-{p}" for p in args.penalties.split(",")]
+    methods += [f"mpe-{p}" for p in args.penalties.split(",") if p]
+    methods += [f"mpe-target-{r}" for r in args.targets.split(",") if r]
     print(f"data: {data[4]}; {args.epochs} epochs per method, seeds {args.seeds}")
     rows = []
     for method in methods:
@@ -214,7 +218,8 @@ def write_results(rows, args, description: str) -> None:
         f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, {flavour}; "
         f"{description}; {args.epochs} epochs per method, {args.seeds} seeds, batch "
         f"{args.batch}. Command: `python benchmarks/compression.py --data {args.data} "
-        f"--seeds {args.seeds} --epochs {args.epochs} --penalties {args.penalties}`",
+        f"--seeds {args.seeds} --epochs {args.epochs} --penalties {args.penalties} "
+        f"--targets {args.targets}`",
         "",
         "| method | test AUC | test logloss | avg bits | compression (with overhead) "
         "| compression (payload) | table bytes |",

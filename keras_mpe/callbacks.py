@@ -18,9 +18,9 @@ from keras_mpe.export import find_mixed_precision_layers
 PENALTY_UPDATES = 200
 # ... by the factor (aim / compression), clipped to this range, where the expected bits'
 # compression is compared with the middle of the accepted window [R, 1.1 R].
-PENALTY_FACTOR_RANGE = (0.5, 2.0)
+PENALTY_FACTOR_RANGE = (0.8, 1.25)
 # The penalty a target starts from when the layer's own `bit_penalty` is 0.
-PENALTY_START = 1e-9
+PENALTY_START = 1e-7
 TARGET_TOLERANCE = 1.1
 STATE_FILE = "precision_search_state.npz"
 INITIAL_TABLES_FILE = "precision_search_initial_tables.npz"
