@@ -37,11 +37,11 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def load(name: str):
     """`(train, validation, test, vocabulary_size, description)` of a data set."""
     if name == "synthetic":
-        data = synthetic_ctr(rows=200_000, fields=8, ids_per_field=5_000)
+        data = synthetic_ctr(rows=200_000, fields=8, ids_per_field=5_000).ranked_by_frequency()
         return data.train, data.validation, data.test, data.vocabulary_size, data.description
     from keras_mpe.datasets import load_movielens
 
-    data = load_movielens(name.split("-")[1]).to_ctr_data()
+    data = load_movielens(name.split("-")[1]).to_ctr_data().ranked_by_frequency()
     return data.train, data.validation, data.test, data.vocabulary_size, data.description
 
 
@@ -93,7 +93,9 @@ def fit(
     return reader
 
 
-def run_method(method: str, seed: int, data, epochs: int, batch: int) -> dict:
+def run_method(
+    method: str, seed: int, data, epochs: int, batch: int, mpe_bits: tuple[int, ...]
+) -> dict:
     train, validation, test, vocabulary, _ = data
     fields, dim = train[0].shape[1], 16
     keras.utils.set_random_seed(seed)
@@ -142,6 +144,8 @@ def run_method(method: str, seed: int, data, epochs: int, batch: int) -> dict:
         search["target_compression"] = float(method.split("-")[2])
     else:
         options = {"bit_penalty": float(method.split("-", 1)[1])}
+    if method.startswith("mpe"):
+        options["bit_widths"] = mpe_bits
     layer = keras_mpe.MixedPrecisionEmbedding(vocabulary, dim, **options)
     layer.adapt(train[0])
     model = build(layer, fields)
@@ -171,19 +175,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--penalties", default="0,1e-6,1e-5")
     parser.add_argument("--targets", default="8,16,32", help="target compression ratios")
+    parser.add_argument("--only", default="", help="comma-separated methods to run (default all)")
+    parser.add_argument(
+        "--mpe-bits", default="0,1,2,3,4,5,6", help="candidate bit-widths of the MPE runs"
+    )
     args = parser.parse_args()
     data = load(args.data)
+    mpe_bits = tuple(int(b) for b in args.mpe_bits.split(","))
     methods = ["fp32", "fp32-rewind", "qat-8bit", "qat-4bit", "qat-2bit"]
     if IS_KERAS_3:
         methods += ["ptq-int8", "ptq-int4"]
     methods += [f"mpe-{p}" for p in args.penalties.split(",") if p]
     methods += [f"mpe-target-{r}" for r in args.targets.split(",") if r]
+    if args.only:
+        unknown = set(args.only.split(",")) - set(methods)
+        if unknown:
+            parser.error(f"--only names unknown methods {sorted(unknown)}; known: {methods}")
+        methods = [m for m in methods if m in args.only.split(",")]
     print(f"data: {data[4]}; {args.epochs} epochs per method, seeds {args.seeds}")
     rows = []
     for method in methods:
         start = time.time()
         results = [
-            run_method(method, seed, data, args.epochs, args.batch) for seed in range(args.seeds)
+            run_method(method, seed, data, args.epochs, args.batch, mpe_bits)
+            for seed in range(args.seeds)
         ]
         auc = np.array([r["auc"] for r in results])
         loss = np.array([r["loss"] for r in results])
@@ -219,7 +234,7 @@ def write_results(rows, args, description: str) -> None:
         f"{description}; {args.epochs} epochs per method, {args.seeds} seeds, batch "
         f"{args.batch}. Command: `python benchmarks/compression.py --data {args.data} "
         f"--seeds {args.seeds} --epochs {args.epochs} --penalties {args.penalties} "
-        f"--targets {args.targets}`",
+        f"--targets {args.targets} --mpe-bits {args.mpe_bits}`",
         "",
         "| method | test AUC | test logloss | avg bits | compression (with overhead) "
         "| compression (payload) | table bytes |",

@@ -323,6 +323,8 @@ class PrecisionSearch(keras.callbacks.Callback):
     def summary(self) -> str:
         """A per-layer summary of the selected precision: bits histogram, average
         bits, compression ratio and bytes."""
+        if not self.reports:
+            return "PrecisionSearch: no search has finished yet."
         lines = []
         for layer in self._layers:
             report = self.reports[layer.name]

@@ -37,6 +37,41 @@ class CTRData:
     vocabulary_size: int
     description: str
 
+    def ranked_by_frequency(self) -> "CTRData":
+        """The same data with ids renumbered by descending train count (ties by id).
+
+        Id 0 becomes the most frequent train id. Frequency groups are then contiguous
+        id ranges, so a packed table stores no id permutation (see `memory_report`).
+
+        Example:
+
+        >>> data = CTRData(
+        ...     train=(np.array([[2, 2], [2, 0]], np.int32), np.ones((2, 1), np.float32)),
+        ...     validation=(np.array([[1, 0]], np.int32), np.ones((1, 1), np.float32)),
+        ...     test=(np.array([[0, 2]], np.int32), np.ones((1, 1), np.float32)),
+        ...     vocabulary_size=3,
+        ...     description="toy",
+        ... )
+        >>> ranked = data.ranked_by_frequency()
+        >>> ranked.train[0].tolist(), ranked.validation[0].tolist()
+        ([[0, 0], [0, 1]], [[2, 1]])
+        """
+        counts = np.bincount(self.train[0].ravel(), minlength=self.vocabulary_size)
+        order = np.lexsort((np.arange(self.vocabulary_size), -counts))
+        rank = np.empty(self.vocabulary_size, np.int32)
+        rank[order] = np.arange(self.vocabulary_size, dtype=np.int32)
+
+        def renumber(part: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            return rank[part[0]], part[1]
+
+        return CTRData(
+            train=renumber(self.train),
+            validation=renumber(self.validation),
+            test=renumber(self.test),
+            vocabulary_size=self.vocabulary_size,
+            description=f"{self.description}; ids ranked by train frequency",
+        )
+
 
 def synthetic_ctr(
     rows: int = 60_000,

@@ -108,6 +108,11 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         embeddings_initializer: initializer of the float table. Defaults to
             `RandomNormal(0, 0.003)`.
         mask_zero: bool, whether id 0 is padding to mask, as in `Embedding`.
+        quantizer_learning_rate_scale: float > 0, `s` in the parameterisation of the
+            step sizes, `alpha = exp(s * log_step_sizes)`, and of the offset,
+            `beta = s * offset_scale * relative_offset`: an adaptive optimizer moves
+            `log(alpha)` and `beta / offset_scale` by about `s` times its learning
+            rate per step. Defaults to 1.0.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Input shape:
@@ -129,6 +134,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         frequencies: Any = None,
         embeddings_initializer: Any = None,
         mask_zero: bool = False,
+        quantizer_learning_rate_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("autocast", False)
@@ -138,6 +144,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         _check_positive_int("num_groups", num_groups)
         _check_positive_float("temperature", temperature)
         _check_positive_float("bit_penalty", bit_penalty, allow_zero=True)
+        _check_positive_float("quantizer_learning_rate_scale", quantizer_learning_rate_scale)
         if not isinstance(mask_zero, bool):
             raise ValueError(f"`mask_zero` must be a bool. Received: mask_zero={mask_zero!r}")
         self.input_dim = int(input_dim)
@@ -146,6 +153,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.bit_widths = _check_bit_widths(bit_widths)
         self.initial_temperature = float(temperature)
         self.initial_bit_penalty = float(bit_penalty)
+        self.quantizer_learning_rate_scale = float(quantizer_learning_rate_scale)
         self._initial_frequencies = (
             np.zeros(self.input_dim, np.int64)
             if frequencies is None
@@ -232,9 +240,11 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         return table
 
     def _initial_log_step_sizes(self, shape: Any, dtype: Any = None) -> tf.Tensor:
-        """`log(alpha_b)`, `alpha_b = 2 * mean|W0| / sqrt(2**(b-1))` over the initial table."""
+        """`log(alpha_b) / scale`, `alpha_b = 2 * mean|W0| / sqrt(2**(b-1))` over the
+        initial table, `scale` the quantizer learning-rate scale."""
         bits = np.asarray(self._nonzero_bit_widths, np.float32)
-        return tf.math.log(self._initial_mean_abs * (2.0 / np.sqrt(2.0 ** (bits - 1.0))))
+        alphas = self._initial_mean_abs * (2.0 / np.sqrt(2.0 ** (bits - 1.0)))
+        return tf.math.log(alphas) / self.quantizer_learning_rate_scale
 
     @property
     def step_sizes(self) -> tf.Tensor:
@@ -247,7 +257,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         """
         if self._packed is not None:
             return self._packed["step_sizes"]
-        return tf.exp(self.log_step_sizes)
+        return tf.exp(self.log_step_sizes * self.quantizer_learning_rate_scale)
 
     @property
     def offset(self) -> tf.Tensor:
@@ -259,7 +269,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         """
         if self._packed is not None:
             return self._packed["offset"]
-        return self.relative_offset * self.offset_scale
+        return self.relative_offset * (self.offset_scale * self.quantizer_learning_rate_scale)
 
     # ------------------------------------------------------------ frequencies
     def adapt(self, data: Any) -> None:
@@ -561,6 +571,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                     self.embeddings_initializer
                 ),
                 "mask_zero": self.mask_zero,
+                "quantizer_learning_rate_scale": self.quantizer_learning_rate_scale,
             }
         )
         return config

@@ -419,6 +419,11 @@ def test_ids_float32_cannot_hold_exactly_are_rejected():
             r"`temperature` must be a finite number > 0. Received: temperature=0.0",
         ),
         (
+            {"quantizer_learning_rate_scale": -2},
+            r"`quantizer_learning_rate_scale` must be a finite number > 0. Received: "
+            r"quantizer_learning_rate_scale=-2",
+        ),
+        (
             {"bit_penalty": -1.0},
             r"`bit_penalty` must be a finite number >= 0. Received: bit_penalty=-1.0",
         ),
@@ -534,3 +539,31 @@ def test_retrain_gradients_match_single_width_quantizers():
         )
     assert np.abs(got[1]).sum() > 0
     np.testing.assert_array_equal(got[3], np.zeros_like(got[3]))  # logits get nothing
+
+
+def test_quantizer_learning_rate_scale_reparameterises_step_sizes_and_offset():
+    """alpha = exp(s * u) and beta = s * scale * v: same values, gradients times s."""
+    kwargs = {"num_groups": 4, "bit_widths": (0, 2, 4), "bit_penalty": 0.0}
+    plain, scaled = (
+        _layer(40, 4, **kwargs),
+        _layer(40, 4, quantizer_learning_rate_scale=10.0, **kwargs),
+    )
+    scaled.embeddings.assign(plain.embeddings)
+    scaled.offset_scale.assign(plain.offset_scale)
+    scaled.log_step_sizes.assign(plain.log_step_sizes / 10.0)
+    np.testing.assert_allclose(scaled.step_sizes.numpy(), plain.step_sizes.numpy(), rtol=1e-6)
+    ids = np.array([0, 5, 39, 20, 11])
+    dy = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
+    gradients = []
+    for layer in (plain, scaled):
+        layer.freeze_precision([2, 4, 2, 4])
+        layer.relative_offset.assign(
+            [0.5, -0.2, 0.0, 0.3] / np.float32(layer.quantizer_learning_rate_scale)
+        )
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids) * dy)
+        gradients.append(tape.gradient(loss, [layer.log_step_sizes, layer.relative_offset]))
+    np.testing.assert_allclose(scaled(ids).numpy(), plain(ids).numpy(), rtol=1e-6)
+    for got, want in zip(gradients[1], gradients[0], strict=True):
+        np.testing.assert_allclose(got.numpy(), 10.0 * want.numpy(), rtol=1e-4, atol=1e-9)
+    assert np.abs(gradients[0][0].numpy()).sum() > 0
