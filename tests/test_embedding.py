@@ -163,7 +163,9 @@ def test_search_gradients_match_autodiff_of_the_reference_mixture():
 
     layer = _layer(40, 4, num_groups=5, bit_penalty=0.0)
     _randomize_logits(layer, seed=3)
-    layer.relative_offset.assign(np.array([0.001, -0.002, 0.0, 0.003]) / layer.offset_scale)
+    layer.relative_offset.assign(
+        np.array([0.001, -0.002, 0.0, 0.003]) / (layer.offset_scale * 10.0)
+    )
     ids = np.array([[0, 5, 39], [20, 20, 11]])
     dy = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
     variables = [
@@ -186,9 +188,7 @@ def test_search_gradients_match_autodiff_of_the_reference_mixture():
         )
         parts = [
             probs[:, k : k + 1]
-            * quantizers.lsq_quantize(
-                rows, tf.exp(layer.log_step_sizes)[k - 1], layer.offset, b, scale[b]
-            )
+            * quantizers.lsq_quantize(rows, layer.step_sizes[k - 1], layer.offset, b, scale[b])
             for k, b in enumerate(BITS)
             if b
         ]
@@ -504,7 +504,9 @@ def test_retrain_gradients_match_single_width_quantizers():
 
     layer = _layer(40, 4, num_groups=4, bit_widths=(0, 2, 3, 5))
     layer.freeze_precision([0, 5, 2, 3])
-    layer.relative_offset.assign(np.array([0.001, -0.002, 0.0, 0.003]) / layer.offset_scale)
+    layer.relative_offset.assign(
+        np.array([0.001, -0.002, 0.0, 0.003]) / (layer.offset_scale * 10.0)
+    )
     ids = np.array([0, 5, 39, 20, 20, 11, 30])
     dy = np.random.default_rng(1).normal(size=(7, 4)).astype(np.float32)
     variables = [
@@ -524,7 +526,7 @@ def test_retrain_gradients_match_single_width_quantizers():
         parts = [
             quantizers.lsq_quantize(
                 rows[i : i + 1],
-                tf.exp(layer.log_step_sizes)[position[b]] if b else 1.0,
+                layer.step_sizes[position[b]] if b else 1.0,
                 layer.offset,
                 int(b),
                 quantizers.lsq_grad_scale(int(b), 160),
@@ -544,10 +546,8 @@ def test_retrain_gradients_match_single_width_quantizers():
 def test_quantizer_learning_rate_scale_reparameterises_step_sizes_and_offset():
     """alpha = exp(s * u) and beta = s * scale * v: same values, gradients times s."""
     kwargs = {"num_groups": 4, "bit_widths": (0, 2, 4), "bit_penalty": 0.0}
-    plain, scaled = (
-        _layer(40, 4, **kwargs),
-        _layer(40, 4, quantizer_learning_rate_scale=10.0, **kwargs),
-    )
+    plain = _layer(40, 4, quantizer_learning_rate_scale=1.0, **kwargs)
+    scaled = _layer(40, 4, **kwargs)  # the default scale, 10
     scaled.embeddings.assign(plain.embeddings)
     scaled.offset_scale.assign(plain.offset_scale)
     scaled.log_step_sizes.assign(plain.log_step_sizes / 10.0)
