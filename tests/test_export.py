@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_mpe
-from keras_mpe.backend import IS_KERAS_3, keras
+from keras_mpe.backend import keras
 
 
 def _model(frequencies=None):
@@ -106,12 +106,6 @@ def test_packed_layer_keeps_only_the_packed_variables():
     assert stored == report["total_bytes"] == layer.memory_report()["total_bytes"]
 
 
-@pytest.mark.xfail(
-    IS_KERAS_3,
-    strict=True,
-    reason="known defect, open in the export issue: the TF1 session loader (saved_model_cli, "
-    "TF Serving) does not find the integer packed variables of a Keras 3 model",
-)
 def test_saved_model_cli_runs_the_export(tmp_path):
     import os
     import shutil
@@ -145,3 +139,26 @@ def test_saved_model_cli_runs_the_export(tmp_path):
     printed = result.stdout.split("output_0")[-1]
     value = float(printed.split("[[")[1].split("]]")[0])
     np.testing.assert_allclose(value, expected[0, 0], rtol=1e-5)
+
+
+def test_the_saved_graph_holds_one_variable_per_stored_variable(tmp_path):
+    # The TF1 session loader restores the saver's variables and runs the functions
+    # on the graph's variables: they must be the same ones, each created once.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model, _ = _model()
+    export_dir = str(tmp_path / "export")
+    keras_mpe.export_saved_model(model, export_dir)
+    saved = saved_model_pb2.SavedModel()
+    with open(export_dir + "/saved_model.pb", "rb") as file:
+        saved.ParseFromString(file.read())
+    (graph,) = saved.meta_graphs
+    handles = sorted(
+        node.attr["shared_name"].s.decode()
+        for node in graph.graph_def.node
+        if node.op == "VarHandleOp"
+    )
+    stored = tf.train.list_variables(export_dir + "/variables/variables")
+    assert len(handles) == len(set(handles)) == len(stored) - 1  # minus the object graph
+    names = {name.split("/")[-1] for name in handles}
+    assert {"packed_words", "packed_first_rows", "packed_first_words"} <= names

@@ -1,0 +1,116 @@
+"""The `keras-mpe` console command.
+
+Subcommands:
+
+- `keras-mpe inspect DIR [--json]`: per packed table of a SavedModel written by
+  `keras_mpe.export_saved_model`, the bits histogram over groups and rows, payload and
+  overhead bytes and the compression (see `keras_mpe.inspect`).
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from keras_mpe.inspect import inspect
+
+
+def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
+    """Renders `keras_mpe.inspect`'s result as text, one block per table.
+
+    Example:
+
+    >>> report = {"input_dim": 1000, "output_dim": 16, "bit_widths": [0, 2, 4],
+    ...           "groups": 4, "bits_histogram": {0: 2, 2: 1, 4: 1},
+    ...           "rows_histogram": {0: 500, 2: 250, 4: 250}, "permutation": False,
+    ...           "average_bits": 1.5, "payload_bytes": 3000, "overhead_bytes": 128,
+    ...           "total_bytes": 3128, "float32_bytes": 64000,
+    ...           "compression_ratio": 20.46, "payload_compression_ratio": 21.33}
+    >>> print(format_inspection({"items": report}))
+    table 'items': 1000 ids x 16 dims, 4 groups, candidate bits 0, 2, 4
+      bits  groups    rows
+         0       2     500
+         2       1     250
+         4       1     250
+      average bits      1.500 per value
+      payload            3000 bytes
+      overhead            128 bytes (step sizes, offset, 3 int32 per group)
+      total              3128 bytes (float32 table: 64000 bytes)
+      compression       20.46x with overhead, 21.33x payload only
+    """
+    blocks = []
+    for name, report in reports.items():
+        candidates = ", ".join(str(b) for b in report["bit_widths"])
+        lines = [
+            f"table '{name}': {report['input_dim']} ids x {report['output_dim']} dims, "
+            f"{report['groups']} groups, candidate bits {candidates}",
+            "  bits  groups    rows",
+        ]
+        for bits, groups in report["bits_histogram"].items():
+            rows = report["rows_histogram"][bits]
+            lines.append(f"  {bits:>4}  {groups:>6}  {rows:>6}")
+        overhead = "step sizes, offset, 3 int32 per group"
+        if report["permutation"]:
+            overhead += ", id permutation"
+        lines += [
+            f"  average bits {report['average_bits']:>10.3f} per value",
+            f"  payload      {report['payload_bytes']:>10} bytes",
+            f"  overhead     {report['overhead_bytes']:>10} bytes ({overhead})",
+            f"  total        {report['total_bytes']:>10} bytes "
+            f"(float32 table: {report['float32_bytes']} bytes)",
+            f"  compression  {report['compression_ratio']:>10.2f}x with overhead, "
+            f"{report['payload_compression_ratio']:.2f}x payload only",
+        ]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _inspect_command(args: argparse.Namespace) -> int:
+    try:
+        reports = inspect(args.export_dir)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"keras-mpe inspect: error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reports, indent=1))
+    else:
+        print(format_inspection(reports))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `keras-mpe` argument parser; each subcommand sets `handler`."""
+    parser = argparse.ArgumentParser(
+        prog="keras-mpe", description="Tools for Mixed-Precision Embedding models."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    inspect_parser = commands.add_parser(
+        "inspect",
+        help="bits and bytes of the packed tables of an exported SavedModel",
+        description="Per packed table of a SavedModel written by "
+        "keras_mpe.export_saved_model: bits histogram over groups and rows, payload and "
+        "overhead bytes, compression. Reads the SavedModel alone.",
+    )
+    inspect_parser.add_argument("export_dir", metavar="DIR", help="the SavedModel directory")
+    inspect_parser.add_argument(
+        "--json", action="store_true", help="print the figures as JSON instead of text"
+    )
+    inspect_parser.set_defaults(handler=_inspect_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `keras-mpe` with `argv` (default: the command line); returns the exit code.
+
+    Example:
+
+    >>> main(["inspect", "/no/such/export"])  # the error goes to stderr
+    1
+    """
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

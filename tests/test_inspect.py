@@ -1,0 +1,142 @@
+"""`keras_mpe.inspect` and `keras-mpe inspect`: a SavedModel's packed tables, read alone."""
+
+import configparser
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from export_models import two_table_model
+
+import keras_mpe
+from keras_mpe import cli
+
+BYTE_FIGURES = (
+    "average_bits",
+    "payload_bytes",
+    "overhead_bytes",
+    "total_bytes",
+    "float32_bytes",
+    "compression_ratio",
+    "payload_compression_ratio",
+)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model, user, item = two_table_model()
+    before = {}
+    for layer in (user, item):
+        bits = layer.group_bit_widths.numpy()
+        rows = np.bincount(layer.id_to_group.numpy(), minlength=layer.groups)
+        before[layer.name] = (layer.memory_report(), bits, rows, layer.bit_widths)
+    export_dir = str(tmp_path_factory.mktemp("inspect") / "export")
+    keras_mpe.export_saved_model(model, export_dir)
+    return export_dir, before
+
+
+def test_inspect_gives_the_layers_memory_report_from_the_saved_model(exported):
+    export_dir, before = exported
+    reports = keras_mpe.inspect(export_dir)
+    assert sorted(reports) == ["item_table", "user_table"]
+    for name, (memory, bits, rows, candidates) in before.items():
+        report = reports[name]
+        for key in BYTE_FIGURES:
+            assert report[key] == pytest.approx(memory[key], rel=1e-12), key
+        assert report["stored_bytes"] == memory["total_bytes"]
+        assert report["bit_widths"] == list(candidates)
+        assert report["groups"] == bits.size
+        assert report["bits_histogram"] == {b: int((bits == b).sum()) for b in candidates}
+        assert report["rows_histogram"] == {b: int(rows[bits == b].sum()) for b in candidates}
+
+    # by hand: users 5 groups x 10 rows, D=4, bits (8, 4, 1, 0, 4), 3 step sizes;
+    # words per group ceil(10 * 4 * b / 32) = 10 + 5 + 2 + 0 + 5
+    user = reports["user_table"]
+    assert (user["input_dim"], user["output_dim"], user["permutation"]) == (50, 4, False)
+    assert user["payload_bytes"] == 4 * 22
+    assert user["overhead_bytes"] == 4 * (3 + 4 + 3 * 5)
+    assert user["compression_ratio"] == pytest.approx(50 * 4 * 4 / (4 * 22 + 88))
+    # items: 6 groups x 50 rows, D=8, bits (0, 2, 3, 5, 3, 2): 0 + 25 + 38 + 63 + 38 + 25
+    # words; the ids are not frequency-ranked, so a 9-bit permutation of 300 ids
+    # (85 words) is stored
+    item = reports["item_table"]
+    assert (item["input_dim"], item["output_dim"], item["permutation"]) == (300, 8, True)
+    assert item["payload_bytes"] == 4 * 189
+    assert item["overhead_bytes"] == 4 * (3 + 8 + 3 * 6) + 4 * 85
+    assert item["bits_histogram"] == {0: 1, 2: 2, 3: 2, 5: 1}
+    assert item["rows_histogram"] == {0: 50, 2: 100, 3: 100, 5: 50}
+    assert item["payload_compression_ratio"] == pytest.approx(300 * 8 * 4 / 756)
+
+
+def test_inspect_names_what_is_missing_or_inconsistent(exported, tmp_path):
+    export_dir, _ = exported
+    with pytest.raises(FileNotFoundError, match="not a keras_mpe export.*keras_mpe.json"):
+        keras_mpe.inspect(str(tmp_path))
+
+    no_checkpoint = tmp_path / "no_checkpoint"
+    shutil.copytree(os.path.join(export_dir, "assets.extra"), no_checkpoint / "assets.extra")
+    with pytest.raises(FileNotFoundError, match="no SavedModel checkpoint"):
+        keras_mpe.inspect(str(no_checkpoint))
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(export_dir, tampered)
+    metadata_path = tampered / "assets.extra" / "keras_mpe.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["tables"][0]["input_dim"] += 40  # the last group would get 40 more rows
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="`words` holds .* words; the groups' rows and bits"):
+        keras_mpe.inspect(str(tampered))
+
+    metadata["tables"][0]["object_path"] = ["tables", "7"]
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="object graph has no '7' under tables; it has"):
+        keras_mpe.inspect(str(tampered))
+
+    del metadata["tables"][1]["input_dim"]
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match=r"table 1 lacks \['input_dim'\]"):
+        keras_mpe.inspect(str(tampered))
+
+
+def test_keras_mpe_inspect_command_prints_the_figures(exported):
+    export_dir, _ = exported
+    expected = keras_mpe.inspect(export_dir)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "keras_mpe.cli", "inspect", export_dir]
+    printed = subprocess.run(
+        [*command, "--json"], capture_output=True, text=True, env=env, check=True
+    )
+    reports = json.loads(printed.stdout)
+    for name, report in expected.items():
+        for key in ("bits_histogram", "rows_histogram"):
+            assert reports[name].pop(key) == {str(b): n for b, n in report[key].items()}
+        assert reports[name] == {k: v for k, v in report.items() if "histogram" not in k}
+
+    printed = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    assert printed.stdout.strip() == cli.format_inspection(expected)
+    assert "table 'item_table': 300 ids x 8 dims, 6 groups, candidate bits 0, 2, 3, 5" in (
+        printed.stdout
+    )
+    assert "  payload             756 bytes" in printed.stdout
+
+
+def test_keras_mpe_command_errors(tmp_path, capsys):
+    assert cli.main(["inspect", str(tmp_path)]) == 1
+    assert "keras-mpe inspect: error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:
+        cli.main([])
+    assert error.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_the_console_script_entry_point_is_cli_main():
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(os.path.dirname(__file__), os.pardir, "setup.cfg"))
+    lines = setup["options.entry_points"]["console_scripts"].strip().splitlines()
+    scripts = {name.strip(): target.strip() for name, target in (x.split("=") for x in lines)}
+    module, function = scripts["keras-mpe"].split(":")
+    assert getattr(importlib.import_module(module), function) is cli.main
