@@ -11,6 +11,8 @@ from keras_mpe.backend import IS_KERAS_3, keras, not_equal, set_variable_trainab
 
 MAX_BITS = precision.MAX_BITS
 SEARCH, RETRAIN, PACKED = "search", "retrain", "packed"
+# the arrays of `packing.PackedTable` a packed layer stores (the permutation only if needed)
+PACKED_ARRAYS = ("words", "first_rows", "first_words", "group_bits", "permutation")
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -169,10 +171,20 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.groups = int(grouping.group_sizes(self.input_dim, self.num_groups).size)
         self._nonzero_bit_widths = [b for b in self.bit_widths if b > 0]
         self._packed: dict | None = None
+        self._saved_packed_layout: dict | None = None  # set by from_config
 
     # ----------------------------------------------------------------- build
     def build(self, input_shape: Any = None) -> None:
-        """Creates the table, the quantizer and precision variables and the groups."""
+        """Creates the table, the quantizer and precision variables and the groups
+        (or, for a packed layer being loaded, the packed variables)."""
+        if self._saved_packed_layout is not None:
+            layout = self._saved_packed_layout
+            self._add_packed_variables(
+                {name: np.zeros(shape, dtype) for name, (shape, dtype) in layout["arrays"].items()}
+            )
+            self._packed_max_bits = int(layout["max_bits"])
+            self.built = True
+            return
         num_bits = len(self.bit_widths)
         self.embeddings = self._add_weight(
             "embeddings", (self.input_dim, self.output_dim), self._initial_table
@@ -502,17 +514,30 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             self._tracker.unlock()
         for name in list(self._named_variables()):
             delattr(self, name)
-        arrays = table.arrays()
-        self._packed = {
-            name: self._add_state(f"packed_{name}", arrays[name], arrays[name].dtype.name)
-            for name in ("words", "first_rows", "first_words", "group_bits", "permutation")
-            if name in arrays
-        }
-        self._packed["step_sizes"] = self._add_state("step_sizes", step_sizes)
-        self._packed["offset"] = self._add_state("offset", offset)
+        arrays = {name: table.arrays()[name] for name in PACKED_ARRAYS if name in table.arrays()}
+        self._add_packed_variables({**arrays, "step_sizes": step_sizes, "offset": offset})
         if IS_KERAS_3:
             self._tracker.lock()
         self._packed_max_bits = table.max_bits
+
+    def _add_packed_variables(self, arrays: dict) -> None:
+        """The packed state's variables, named as `pack()` names them."""
+        self._packed = {
+            name: self._add_state(
+                f"packed_{name}" if name in PACKED_ARRAYS else name, value, value.dtype.name
+            )
+            for name, value in arrays.items()
+        }
+
+    def _packed_layout(self) -> dict:
+        """What `build()` needs to recreate the packed variables (for `get_config`)."""
+        return {
+            "max_bits": self._packed_max_bits,
+            "arrays": {
+                name: [list(v.shape), tf.as_dtype(v.dtype).name]
+                for name, v in self._packed.items()
+            },
+        }
 
     def _packed_call(self, inputs: tf.Tensor) -> tf.Tensor:
         return packing.lookup_packed(
@@ -557,7 +582,8 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             )
         for name, variable in variables.items():
             variable.assign(store[name])
-        set_variable_trainable(self, self.precision_logits, self.state == SEARCH)
+        if self.state != PACKED:
+            set_variable_trainable(self, self.precision_logits, self.state == SEARCH)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -576,4 +602,15 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 "quantizer_learning_rate_scale": self.quantizer_learning_rate_scale,
             }
         )
+        if self._packed is not None:
+            config["packed_layout"] = self._packed_layout()
         return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MixedPrecisionEmbedding":
+        """Recreates a layer from `get_config()`, a packed one included."""
+        config = dict(config)
+        layout = config.pop("packed_layout", None)
+        layer = cls(**config)
+        layer._saved_packed_layout = layout
+        return layer

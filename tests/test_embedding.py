@@ -457,7 +457,7 @@ def test_zero_initializer_is_rejected():
         _layer(10, 2, embeddings_initializer="zeros")
 
 
-@pytest.mark.parametrize("state", ["search", "retrain"])
+@pytest.mark.parametrize("state", ["search", "retrain", "packed"])
 def test_keras_file_round_trip_keeps_everything(tmp_path, state):
     rng = np.random.default_rng(0)
     frequencies = rng.integers(0, 100, size=50).astype(float)
@@ -475,8 +475,10 @@ def test_keras_file_round_trip_keeps_everything(tmp_path, state):
     model = _model(layer)
     model.compile("adam", "mse")
     model.fit(rng.integers(0, 50, size=(32, 3)), rng.normal(size=(32, 1)), verbose=0)
-    if state == "retrain":
+    if state in ("retrain", "packed"):
         layer.freeze_precision([0, 2, 4, 4, 2])
+    if state == "packed":
+        layer.pack()
     path = os.path.join(tmp_path, "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -486,8 +488,12 @@ def test_keras_file_round_trip_keeps_everything(tmp_path, state):
     for original, restored in zip(layer.weights, twin.weights):
         assert names([original]) == names([restored])
         np.testing.assert_array_equal(original.numpy(), restored.numpy())
-    np.testing.assert_array_equal(twin.frequencies.numpy(), frequencies)
-    assert ("precision_logits" in names(twin.trainable_weights)) == (state == "search")
+    if state == "packed":
+        assert twin.memory_report()["total_bytes"] == layer.memory_report()["total_bytes"]
+        assert not twin.trainable_weights
+    else:
+        np.testing.assert_array_equal(twin.frequencies.numpy(), frequencies)
+        assert ("precision_logits" in names(twin.trainable_weights)) == (state == "search")
     ids = rng.integers(0, 50, size=(8, 3))
     np.testing.assert_array_equal(model.predict(ids, verbose=0), loaded.predict(ids, verbose=0))
 
