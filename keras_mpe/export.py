@@ -33,7 +33,9 @@ def export_saved_model(model: Any, export_dir: str, overwrite: bool = False) -> 
     saved with `tf.saved_model.save`: the tables are stored once, as uint32 words,
     and unpacked inside the serving graph for the looked-up ids only. Signatures:
     `serving_default` over the model's named inputs, and `serving_xla`, the same
-    compiled with XLA. Each table's variables are tracked as `tables/<index>/<field>`;
+    compiled with XLA, unless the model holds vocabulary lookups (`StringLookup`,
+    `IntegerLookup`): XLA cannot compile their hash tables, so such a model gets
+    `serving_default` only, with the lookup inside the serving graph. Each table's variables are tracked as `tables/<index>/<field>`;
     `assets.extra/keras_mpe.json` keeps its static facts, for `keras_mpe.inspect`.
 
     Functional and `Sequential` models are supported (the copy is made with
@@ -104,13 +106,17 @@ def export_saved_model(model: Any, export_dir: str, overwrite: bool = False) -> 
     module.weights = [
         variable for variable in map(_tf_variable, copy.weights) if id(variable) not in in_tables
     ]
+    # Vocabulary lookups (StringLookup, IntegerLookup) keep their tables in
+    # resources that are not weights.
+    module.lookup_tables = [
+        layer.lookup_table for layer in copy._flatten_layers() if hasattr(layer, "lookup_table")
+    ]
     module.serve = tf.function(serve, input_signature=specs)
-    module.serve_xla = tf.function(serve, input_signature=specs, jit_compile=True)
-    tf.saved_model.save(
-        module,
-        export_dir,
-        signatures={"serving_default": module.serve, "serving_xla": module.serve_xla},
-    )
+    signatures = {"serving_default": module.serve}
+    if not module.lookup_tables:  # XLA cannot compile hash-table lookups
+        module.serve_xla = tf.function(serve, input_signature=specs, jit_compile=True)
+        signatures["serving_xla"] = module.serve_xla
+    tf.saved_model.save(module, export_dir, signatures=signatures)
     _write_metadata(export_dir, packed_layers)
 
 

@@ -162,3 +162,21 @@ def test_the_saved_graph_holds_one_variable_per_stored_variable(tmp_path):
     assert len(handles) == len(set(handles)) == len(stored) - 1  # minus the object graph
     names = {name.split("/")[-1] for name in handles}
     assert {"packed_words", "packed_first_rows", "packed_first_words"} <= names
+
+
+def test_string_ids_through_a_string_lookup_inside_the_model(tmp_path):
+    vocabulary = [f"user{i}" for i in range(40)]
+    layer = keras_mpe.MixedPrecisionEmbedding(41, 4, num_groups=4, name="mpe")
+    inputs = keras.Input(shape=(2,), dtype="string", name="user")
+    hidden = keras.layers.Flatten()(
+        layer(keras.layers.StringLookup(vocabulary=vocabulary)(inputs))
+    )
+    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
+    layer.freeze_precision([0, 2, 4, 6])
+    names = tf.constant([["user1", "user39"], ["unknown", "user7"]])
+    expected = model(names).numpy()
+    keras_mpe.export_saved_model(model, str(tmp_path / "export"))
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    assert sorted(loaded.signatures) == ["serving_default"]  # no XLA for hash tables
+    served = loaded.signatures["serving_default"](user=names)["output_0"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-6 * np.abs(expected).max())
