@@ -5,6 +5,7 @@ Subcommands:
 - `keras-mpe inspect DIR [--json]`: per packed table of a SavedModel written by
   `keras_mpe.export_saved_model`, the bits histogram over groups and rows, payload and
   overhead bytes and the compression (see `keras_mpe.inspect`).
+- `keras-mpe demo [--smoke] [...]`: the end-to-end demo (see `keras_mpe.demo`).
 """
 
 import argparse
@@ -97,7 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the figures as JSON instead of text"
     )
     inspect_parser.set_defaults(handler=_inspect_command)
+    demo_parser = commands.add_parser(
+        "demo",
+        help="the whole MPE path on MovieLens-100K (synthetic data when offline); "
+        "`keras-mpe demo --help` lists its options",
+        add_help=False,
+    )
+    demo_parser.set_defaults(handler=_demo_command)
     return parser
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from keras_mpe.demo import main as demo_main
+
+    return demo_main(args.demo_arguments)  # the demo parses its own options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,7 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main(["inspect", "/no/such/export"])  # the error goes to stderr
     1
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "demo" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.demo_arguments = rest
     return args.handler(args)
 
 

@@ -35,8 +35,9 @@ def export_saved_model(model: Any, export_dir: str, overwrite: bool = False) -> 
     `serving_default` over the model's named inputs, and `serving_xla`, the same
     compiled with XLA, unless the model holds vocabulary lookups (`StringLookup`,
     `IntegerLookup`): XLA cannot compile their hash tables, so such a model gets
-    `serving_default` only, with the lookup inside the serving graph. Each table's variables are tracked as `tables/<index>/<field>`;
-    `assets.extra/keras_mpe.json` keeps its static facts, for `keras_mpe.inspect`.
+    `serving_default` only, with the lookup inside the serving graph. Each table's
+    variables are tracked as `tables/<index>/<field>`; `assets.extra/keras_mpe.json`
+    keeps its static facts, for `keras_mpe.inspect`.
 
     Functional and `Sequential` models are supported (the copy is made with
     `keras.models.clone_model`).

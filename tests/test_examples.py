@@ -1,0 +1,173 @@
+"""The examples and the demo, run with `--smoke` in a fresh process.
+
+Each script runs in the Keras flavour it is written for, in the CI pass of that flavour:
+the TFRS examples (which force tf-keras themselves) in the `TF_USE_LEGACY_KERAS=1`
+pass, the Keras 3 CTR example in the default pass, and the demo in both. The MovieLens
+examples are skipped when MovieLens cannot be loaded (no cache and no network).
+"""
+
+import functools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keras_mpe.backend import IS_KERAS_3
+from keras_mpe.datasets import MovieLensUnavailableError, load_movielens
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+TIMEOUT = 300  # seconds; a smoke run takes well under one minute on 2 cores
+
+tf_keras_only = pytest.mark.skipif(
+    IS_KERAS_3,
+    reason="a TFRS example (tf-keras); it runs in the TF_USE_LEGACY_KERAS=1 test pass",
+)
+keras_3_only = pytest.mark.skipif(
+    not IS_KERAS_3, reason="a Keras 3 example; it runs in the default (Keras 3) test pass"
+)
+
+
+@functools.cache
+def _movielens_error(variant: str) -> str | None:
+    """Why MovieLens-`variant` cannot be loaded (fetching it if need be), or None."""
+    try:
+        load_movielens(variant)
+    except MovieLensUnavailableError as error:
+        return str(error)
+    return None
+
+
+def _require_movielens(variant: str) -> None:
+    error = _movielens_error(variant)
+    if error is not None:
+        pytest.skip(f"MovieLens-{variant} is unavailable: {error}")
+
+
+def _run(arguments: list[str], legacy_keras: bool, env: dict | None = None) -> str:
+    """Runs `python <arguments>` with the chosen Keras flavour; returns its stdout."""
+    environment = dict(os.environ if env is None else env)
+    environment.pop("TF_USE_LEGACY_KERAS", None)
+    if legacy_keras:
+        environment["TF_USE_LEGACY_KERAS"] = "1"
+    environment["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT)] + [p for p in [environment.get("PYTHONPATH")] if p]
+    )
+    result = subprocess.run(
+        [sys.executable, *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=str(ROOT),
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(arguments)} failed with exit code {result.returncode}:\n"
+        f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout
+
+
+def _assert_lines(output: str, patterns: list[str]) -> None:
+    for pattern in patterns:
+        assert re.search(pattern, output, re.MULTILINE), f"no line matches {pattern!r}:\n{output}"
+
+
+NUMBER = r"\d+\.\d+"
+
+
+@tf_keras_only
+def test_tfrs_basic_ranking_smoke():
+    _require_movielens("100k")
+    output = _run([str(EXAMPLES / "tfrs_basic_ranking.py"), "--smoke"], legacy_keras=True)
+    _assert_lines(
+        output,
+        [
+            r"^data: MovieLens-100k",
+            rf"^  test RMSE float32 towers: +{NUMBER}$",
+            rf"^  test RMSE MPE towers: +{NUMBER}$",
+            rf"^  test RMSE served from the SavedModel: +{NUMBER}$",
+            r"^  max \|SavedModel - Keras\| over the test set: 0\.00e\+00$",
+            rf"^  user_embedding: {NUMBER}x with overhead",
+            rf"^  movie_embedding: {NUMBER}x with overhead",
+            r"^  SavedModel: .* \([\d,]+ bytes on disk",
+        ],
+    )
+
+
+@tf_keras_only
+def test_tfrs_retrieval_smoke():
+    _require_movielens("100k")
+    output = _run([str(EXAMPLES / "tfrs_retrieval.py"), "--smoke"], legacy_keras=True)
+    _assert_lines(
+        output,
+        [
+            r"^data: MovieLens-100k",
+            rf"^ +100 +{NUMBER} +{NUMBER}$",
+            rf"^  top-100 accuracy: float32 {NUMBER}, MPE {NUMBER}",
+            r"^  test queries whose user embedding is pruned .*: \d+\.\d%$",
+            rf"^  user_embedding: {NUMBER}x with overhead",
+            rf"^  movie_embedding: {NUMBER}x with overhead",
+        ],
+    )
+
+
+@keras_3_only
+def test_ctr_movielens_smoke():
+    _require_movielens("1m")
+    output = _run([str(EXAMPLES / "ctr_movielens.py"), "--smoke"], legacy_keras=False)
+    _assert_lines(
+        output,
+        [
+            r"^data: MovieLens-1m",
+            rf"^  float32 Embedding +{NUMBER} +{NUMBER} +[\d,]+$",
+            rf"^  MixedPrecisionEmbedding \(packed\) +{NUMBER} +{NUMBER} +[\d,]+$",
+            rf"^  compression: {NUMBER}x with overhead",
+        ],
+    )
+
+
+DEMO_SUMMARY = [
+    rf"^test AUC float32: +{NUMBER}",
+    rf"^test AUC MPE: +{NUMBER}",
+    rf"^AUC difference: +[+-]{NUMBER}",
+    rf"^compression ratio: +{NUMBER}x with overhead",
+    r"^SavedModel size: +[\d,]+ bytes on disk",
+    r"^reload check: +passed \(fresh process without keras_mpe",
+]
+
+
+def test_demo_smoke_on_movielens(tmp_path):
+    _require_movielens("100k")
+    # through the console command's entry point, as `keras-mpe demo --smoke` runs it
+    output = _run(
+        ["-m", "keras_mpe.cli", "demo", "--smoke", "--output-dir", str(tmp_path)],
+        legacy_keras=not IS_KERAS_3,
+    )
+    _assert_lines(output, [r"^=== keras-mpe demo summary \(MovieLens-100K\) ===$", *DEMO_SUMMARY])
+    assert (tmp_path / "precision.png").stat().st_size > 0
+    assert (tmp_path / "saved_model" / "saved_model.pb").is_file()
+
+
+@keras_3_only
+def test_demo_smoke_falls_back_to_synthetic_data_without_movielens(tmp_path):
+    # An empty home (no MovieLens cache) and pip without an index: MovieLens is unavailable.
+    env = dict(os.environ, HOME=str(tmp_path / "home"), PIP_NO_INDEX="1")
+    output = _run(
+        ["-m", "keras_mpe.demo", "--smoke", "--output-dir", str(tmp_path / "out")],
+        legacy_keras=False,
+        env=env,
+    )
+    _assert_lines(
+        output,
+        [
+            r"^NOTE: MovieLens-100K is unavailable, so this demo runs on SYNTHETIC data",
+            r"^=== keras-mpe demo summary \(SYNTHETIC data\) ===$",
+            r"^data: +SYNTHETIC click data",
+            *DEMO_SUMMARY,
+        ],
+    )
