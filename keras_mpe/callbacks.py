@@ -16,8 +16,9 @@ from keras_mpe.export import find_mixed_precision_layers
 # With `target_compression`, the bit penalty is updated this many times over a search
 # (at least every step when the search is shorter) ...
 PENALTY_UPDATES = 200
-# ... by the factor (aim / compression), clipped to this range, where the expected bits'
-# compression is compared with the middle of the accepted window [R, 1.1 R].
+# ... by the factor (aim / compression), clipped to this range, where the compression of
+# the bits selected at the final temperature is compared with the middle of the
+# accepted window [R, 1.1 R].
 PENALTY_FACTOR_RANGE = (0.8, 1.25)
 # The penalty a target starts from when the layer's own `bit_penalty` is 0.
 PENALTY_START = 1e-7
@@ -62,12 +63,12 @@ class PrecisionSearch(keras.callbacks.Callback):
     temperature 3e-3 and learning rate 1e-3 a distribution can be one-hot after a
     few dozen steps. The default schedule starts at `initial_temperature=1.0`: in
     the first third of a search the logits can move by about `lr * steps`, far
-    less than the temperature. The step sizes are learned in log space (see
-    `MixedPrecisionEmbedding.step_sizes`) for the same reason.
+    less than the temperature. The step sizes and the offset are re-parameterised
+    for the same reason (see `quantizer_learning_rate_scale` of the layer).
 
     **Memory budget.** With `target_compression=R` the layers' `bit_penalty`
     variables are controlled: `PENALTY_UPDATES` times over the search, each is
-    multiplied by `1.05 * R / r`, clipped to `[0.5, 2]`, where `r` is the
+    multiplied by `1.05 * R / r`, clipped to `[0.8, 1.25]`, where `r` is the
     compression ratio of the bits that would be selected now at the final
     temperature, where the search is heading (a penalty of 0 first becomes
     `PENALTY_START`). At the end, if the selected bits miss `[R, 1.1 * R]`, they are
@@ -75,7 +76,10 @@ class PrecisionSearch(keras.callbacks.Callback):
     ratio is below R, then up from the most frequent group down while it is above
     1.1 R and the next step keeps it >= R. The ratio is thus >= R, and within 10%
     of R unless one group's step is larger than that. Monitor a metric rather than
-    a loss with a target: the loss includes the changing penalty.
+    a loss with a target: the loss includes the changing penalty. Known limit: to
+    reach a high target the penalty comes to outweigh the task's gradient for most
+    groups, and the allocation then follows the schedule more than the task (see
+    benchmarks/README.md).
 
     **Interruption.** Give `backup_dir` to make the search resumable, e.g. next to
     `keras.callbacks.BackupAndRestore` (which restores the model, its optimizer and
