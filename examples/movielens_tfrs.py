@@ -43,6 +43,17 @@ class TutorialData:
     movie_counts: np.ndarray
     description: str
 
+    def batched(
+        self, batch_size: int, evaluation_batch_size: int
+    ) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
+        """Train (shuffled each epoch), validation and test splits, batched and cached."""
+        train = self.train.shuffle(100_000, seed=0, reshuffle_each_iteration=True)
+        return (
+            train.batch(batch_size).cache(),
+            self.validation.batch(evaluation_batch_size).cache(),
+            self.test.batch(evaluation_batch_size).cache(),
+        )
+
 
 def vocabulary_by_frequency(values: np.ndarray, train_values: np.ndarray) -> np.ndarray:
     """Every distinct value in `values`, ordered by descending count in

@@ -89,10 +89,7 @@ def main() -> None:
     epochs = 1 if args.smoke else args.epochs
     data = load_tutorial_data(smoke=args.smoke)
     print(f"data: {data.description}")
-    train = data.train.shuffle(100_000, seed=0, reshuffle_each_iteration=True)
-    train = train.batch(args.batch_size).cache()
-    validation = data.validation.batch(4096).cache()
-    test = data.test.batch(4096).cache()
+    train, validation, test = data.batched(args.batch_size, 4096)
 
     def make_model(mixed_precision: bool) -> MovielensModel:
         tf.keras.utils.set_random_seed(0)
