@@ -23,6 +23,8 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
+import sys
 import time
 
 import numpy as np
@@ -178,6 +180,9 @@ def main() -> None:
     parser.add_argument("--targets", default="8,16,32", help="target compression ratios")
     parser.add_argument("--only", default="", help="comma-separated methods to run (default all)")
     parser.add_argument(
+        "--results-name", default="", help="file name of the results (default compression-DATA)"
+    )
+    parser.add_argument(
         "--mpe-bits", default="0,1,2,3,4,5,6", help="candidate bit-widths of the MPE runs"
     )
     args = parser.parse_args()
@@ -233,9 +238,7 @@ def write_results(rows, args, description: str) -> None:
         "",
         f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, {flavour}; "
         f"{description}; {args.epochs} epochs per method, {args.seeds} seeds, batch "
-        f"{args.batch}. Command: `python benchmarks/compression.py --data {args.data} "
-        f"--seeds {args.seeds} --epochs {args.epochs} --penalties {args.penalties} "
-        f"--targets {args.targets} --mpe-bits {args.mpe_bits}`",
+        f"{args.batch}. Command: `python benchmarks/compression.py {shlex.join(sys.argv[1:])}`",
         "",
         "| method | test AUC | test logloss | avg bits | compression (with overhead) "
         "| compression (payload) | table bytes |",
@@ -247,7 +250,7 @@ def write_results(rows, args, description: str) -> None:
             f"{r['loss_std']:.4f} | {r['bits']:.2f} | {r['ratio']:.1f}x | "
             f"{r['payload_ratio']:.1f}x | {r['bytes']:,.0f} |"
         )
-    path = os.path.join(RESULTS, f"compression-{args.data}.md")
+    path = os.path.join(RESULTS, f"{args.results_name or 'compression-' + args.data}.md")
     with open(path, "w") as file:
         file.write("\n".join(lines) + "\n")
     print(f"wrote {path}")
@@ -268,7 +271,9 @@ def write_results(rows, args, description: str) -> None:
     axes.set_title(description, fontsize=7)
     axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(os.path.join(RESULTS, f"compression-{args.data}.png"), dpi=120)
+    figure.savefig(
+        os.path.join(RESULTS, f"{args.results_name or 'compression-' + args.data}.png"), dpi=120
+    )
 
 
 if __name__ == "__main__":
