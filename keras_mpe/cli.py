@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from keras_mpe.inspect import inspect
+from keras_mpe.inspection import inspect
 
 
 def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
