@@ -264,10 +264,11 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     def step_sizes(self) -> tf.Tensor:
         """The step size `alpha_b` of each non-zero candidate bit-width, float32.
 
-        Learned as `log_step_sizes`: positive by construction, and an adaptive
-        optimizer such as Adam changes them by a relative amount per step (about its
-        learning rate) whatever their scale. Learned directly, a step size of about
-        1e-3 moves by the whole learning rate at every step.
+        Learned as `log_step_sizes` (`alpha = exp(s * log_step_sizes)`, `s` the
+        `quantizer_learning_rate_scale`): positive by construction, and an adaptive
+        optimizer such as Adam changes them by a relative amount per step (about `s`
+        times its learning rate) whatever their scale. Learned directly, a step size
+        of about 1e-3 moves by the whole learning rate at every step.
         """
         if self._packed is not None:
             return self._packed["step_sizes"]
@@ -277,9 +278,10 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     def offset(self) -> tf.Tensor:
         """The LSQ+ offset `beta`, float32 `[output_dim]`.
 
-        Learned as `relative_offset`, in units of the initial table's mean |value|
-        (`offset_scale`), so that an adaptive optimizer moves it by about its
-        learning rate times the table's scale per step, not by the learning rate.
+        Learned as `relative_offset`, in units of `s` times the initial table's mean
+        |value| (`offset_scale`), so that an adaptive optimizer moves it by about `s`
+        times its learning rate times the table's scale per step, not by the learning
+        rate itself.
         """
         if self._packed is not None:
             return self._packed["offset"]
