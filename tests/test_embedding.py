@@ -551,13 +551,14 @@ def test_retrain_gradients_match_single_width_quantizers():
 
 def test_quantizer_learning_rate_scale_reparameterises_step_sizes_and_offset():
     """alpha = exp(s * u) and beta = s * scale * v: same values, gradients times s."""
+    keras.utils.set_random_seed(3)  # a fixed table: no value sits on a rounding edge
     kwargs = {"num_groups": 4, "bit_widths": (0, 2, 4), "bit_penalty": 0.0}
     plain = _layer(40, 4, quantizer_learning_rate_scale=1.0, **kwargs)
     scaled = _layer(40, 4, **kwargs)  # the default scale, 10
     scaled.embeddings.assign(plain.embeddings)
     scaled.offset_scale.assign(plain.offset_scale)
     scaled.log_step_sizes.assign(plain.log_step_sizes / 10.0)
-    np.testing.assert_allclose(scaled.step_sizes.numpy(), plain.step_sizes.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(scaled.step_sizes.numpy(), plain.step_sizes.numpy(), rtol=1e-5)
     ids = np.array([0, 5, 39, 20, 11])
     dy = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
     gradients = []
@@ -569,7 +570,7 @@ def test_quantizer_learning_rate_scale_reparameterises_step_sizes_and_offset():
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(layer(ids) * dy)
         gradients.append(tape.gradient(loss, [layer.log_step_sizes, layer.relative_offset]))
-    np.testing.assert_allclose(scaled(ids).numpy(), plain(ids).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(scaled(ids).numpy(), plain(ids).numpy(), rtol=1e-5, atol=1e-9)
     for got, want in zip(gradients[1], gradients[0], strict=True):
         np.testing.assert_allclose(got.numpy(), 10.0 * want.numpy(), rtol=1e-4, atol=1e-9)
     assert np.abs(gradients[0][0].numpy()).sum() > 0
