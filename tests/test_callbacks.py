@@ -142,8 +142,8 @@ def test_logits_do_not_lock_in_within_the_first_epoch_at_the_defaults(data):
         probabilities = np.exp(first - first.max(1, keepdims=True))
         probabilities /= probabilities.sum(1, keepdims=True)
         max_probability[initial_temperature] = probabilities.max(axis=1)
-    assert np.median(max_probability[None]) > 0.99  # locked in
-    assert max_probability[1.0].max() < 0.5  # still exploring
+    assert np.median(max_probability[None]) > 0.98  # locked in (0.993 when written)
+    assert max_probability[1.0].max() < 0.5  # still exploring (0.24 when written)
 
 
 def test_target_compression_is_met_within_ten_percent(data):
