@@ -423,20 +423,10 @@ def fit_to_budget(
     return bits
 
 
-def final_probabilities(layer: MixedPrecisionEmbedding) -> np.ndarray:
-    """The precision distributions at the layer's final temperature, `[groups, K]`.
-
-    The search ends at that temperature and selects from these, so they tell, at any
-    point of the temperature schedule, where the search is heading.
-    """
-    scaled = layer.precision_logits.numpy().astype(np.float64) / layer.initial_temperature
-    weights = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
 def _selection(layer: MixedPrecisionEmbedding) -> np.ndarray:
-    """The bits that would be selected if the search ended now."""
-    return precision.select_bit_widths(final_probabilities(layer), np.asarray(layer.bit_widths))
+    """The bits that would be selected if the search ended now: at the layer's final
+    temperature, where the search is heading at any point of the schedule."""
+    return layer.select_bit_widths(layer.initial_temperature)
 
 
 def _log_entries(layers: list[MixedPrecisionEmbedding], reports: list[dict]) -> dict:

@@ -369,8 +369,11 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         index[list(self.bit_widths)] = np.arange(len(self.bit_widths))
         return tf.constant(index)
 
-    def _probabilities(self) -> tf.Tensor:
-        return tf.nn.softmax(self.precision_logits / self.temperature, axis=-1)
+    def _probabilities(self, temperature: float | None = None) -> tf.Tensor:
+        """Per-group distributions over the candidates, at the current temperature
+        unless `temperature` is given."""
+        temperature = self.temperature if temperature is None else temperature
+        return tf.nn.softmax(self.precision_logits / temperature, axis=-1)
 
     def _expected_bits(self) -> tf.Tensor:
         return tf.linalg.matvec(self._probabilities(), tf.constant(self.bit_widths, tf.float32))
@@ -401,13 +404,17 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         """Per-group expected bits `sum_k p_{g,k} * b_k`, float32 `[groups]`."""
         return self._expected_bits().numpy()
 
-    def select_bit_widths(self) -> np.ndarray:
+    def select_bit_widths(self, temperature: float | None = None) -> np.ndarray:
         """Per-group bits by the MPE rule: the largest width with p >= 1/(2K).
+
+        Args:
+            temperature: the softmax temperature to select at; by default the
+                current one (`PrecisionSearch` selects at the final one).
 
         Returns int32 `[groups]`.
         """
         return precision.select_bit_widths(
-            self._probabilities().numpy(), np.asarray(self.bit_widths)
+            self._probabilities(temperature).numpy(), np.asarray(self.bit_widths)
         )
 
     def freeze_precision(self, bit_widths: Any = None) -> None:

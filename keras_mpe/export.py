@@ -123,11 +123,7 @@ def export_saved_model(model: Any, export_dir: str, overwrite: bool = False) -> 
 
 def _table_variables(layer: MixedPrecisionEmbedding) -> dict[str, tf.Variable]:
     """A packed layer's variables by field: `words`, `first_rows`, ..., `offset`."""
-    fields = {}
-    for weight in layer.weights:
-        name = weight.name.split("/")[-1].split(":")[0]
-        fields[name.removeprefix("packed_")] = _tf_variable(weight)
-    return fields
+    return {field: _tf_variable(variable) for field, variable in layer._packed.items()}
 
 
 def _write_metadata(export_dir: str, layers: list[MixedPrecisionEmbedding]) -> None:

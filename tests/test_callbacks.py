@@ -334,11 +334,14 @@ def test_errors_at_the_start_of_training(data):
         model.fit(*data.train, epochs=1, verbose=0, callbacks=[PrecisionSearch("loss")])
 
 
-def test_final_probabilities_ignore_the_current_temperature():
-    """`final_probabilities` is the softmax at the layer's final temperature."""
+def test_selection_during_the_search_ignores_the_current_temperature():
+    """The logged selection uses the softmax at the layer's final temperature."""
     layer = MixedPrecisionEmbedding(50, 2, num_groups=5, temperature=0.5)
     layer.build()
     layer.precision_logits.assign(np.random.default_rng(0).normal(size=(5, 7)))
     layer.temperature.assign(10.0)  # a schedule's current value must not matter
     expected = tf.nn.softmax(layer.precision_logits.numpy() / 0.5).numpy()
-    np.testing.assert_allclose(callbacks.final_probabilities(layer), expected, rtol=1e-5)
+    np.testing.assert_allclose(layer._probabilities(0.5).numpy(), expected, rtol=1e-5)
+    threshold = 1 / (2 * 7)
+    want = [max(b for b, p in zip(range(7), row) if p >= threshold) for row in expected]
+    np.testing.assert_array_equal(callbacks._selection(layer), want)
