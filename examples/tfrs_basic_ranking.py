@@ -11,10 +11,9 @@ The model is trained twice: with float32 `tf.keras.layers.Embedding` towers, and
 `MixedPrecisionEmbedding` towers (train frequencies) searched with
 `keras_mpe.PrecisionSearch` and retrained at the chosen bits. Then the MPE model is
 exported with `keras_mpe.export_saved_model` and the test set is scored from the
-SavedModel. `export_saved_model` copies functional and Sequential models only, so a
-`tfrs.models.Model` subclass cannot be exported as is: the script wires the trained
-towers (their `StringLookup`s included) and rating MLP into a functional scoring model,
-user id and movie title strings in, rating out, and exports that.
+SavedModel: the `tfrs.models.Model` itself, given the `input_signature` of its
+`call` (user id and movie title strings in, rating out; the `StringLookup`s stay in the
+serving graph).
 
 TFRS needs tf-keras, so this script sets `TF_USE_LEGACY_KERAS=1` before importing
 TensorFlow.
@@ -85,18 +84,6 @@ class MovielensModel(tfrs.models.Model):
         return self.task(labels=features["user_rating"], predictions=self(features))
 
 
-def scoring_model(model: MovielensModel) -> tf.keras.Model:
-    """A functional model over the trained towers and rating MLP: `user_id` and
-    `movie_title` strings of shape `[batch]` in, predicted rating `[batch, 1]` out."""
-    user_id = tf.keras.Input(shape=(), dtype=tf.string, name="user_id")
-    movie_title = tf.keras.Input(shape=(), dtype=tf.string, name="movie_title")
-    ranking = model.ranking_model
-    embeddings = tf.keras.layers.Concatenate(axis=1)(
-        [ranking.user_tower(user_id), ranking.movie_tower(movie_title)]
-    )
-    return tf.keras.Model([user_id, movie_title], ranking.rating_mlp(embeddings))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny run, for CI")
@@ -138,11 +125,16 @@ def main() -> None:
     model.fit(train, validation_data=validation, epochs=epochs, verbose=2)
     mpe_rmse = model.evaluate(test, return_dict=True, verbose=0)["rmse"]
 
-    print("\n[4/4] export: a functional scoring model (strings in) built from the trained towers")
-    scorer = scoring_model(model)
+    print("\n[4/4] export the tfrs.Model as a SavedModel (strings in, rating out)")
     scratch = tempfile.TemporaryDirectory()
     export_dir = args.export_dir or os.path.join(scratch.name, "ranking")
-    keras_mpe.export_saved_model(scorer, export_dir, overwrite=True)
+    strings = tf.TensorSpec([None], tf.string)
+    keras_mpe.export_saved_model(
+        model,
+        export_dir,
+        overwrite=True,
+        input_signature={"user_id": strings, "movie_title": strings},
+    )
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
 
     def served_rating(user_id: tf.Tensor, movie_title: tf.Tensor) -> np.ndarray:

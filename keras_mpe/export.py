@@ -1,8 +1,10 @@
 """SavedModel export of models whose MixedPrecisionEmbedding tables are packed."""
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -25,29 +27,41 @@ def find_mixed_precision_layers(model: Any) -> list[MixedPrecisionEmbedding]:
     ]
 
 
-def export_saved_model(model: Any, export_dir: str, overwrite: bool = False) -> None:
+def export_saved_model(
+    model: Any, export_dir: str, overwrite: bool = False, input_signature: Any = None
+) -> None:
     """Writes `model` as a SavedModel whose embedding tables are int-packed.
 
-    A copy of the model is made (the original stays trainable), every
-    `MixedPrecisionEmbedding` of the copy is packed (`layer.pack()`), and the copy is
-    saved with `tf.saved_model.save`: the tables are stored once, as uint32 words,
-    and unpacked inside the serving graph for the looked-up ids only. Signatures:
-    `serving_default` over the model's named inputs, and `serving_xla`, the same
-    compiled with XLA, unless the model holds vocabulary lookups (`StringLookup`,
-    `IntegerLookup`): XLA cannot compile their hash tables, so such a model gets
-    `serving_default` only, with the lookup inside the serving graph. Each table's
-    variables are tracked as `tables/<index>/<field>`; `assets.extra/keras_mpe.json`
-    keeps its static facts, for `keras_mpe.inspect`.
+    Every `MixedPrecisionEmbedding` of the model gets a packed twin (`layer.pack()` on
+    a copy of the layer; the model itself stays trainable), and the serving functions
+    are traced with each layer's call routed to its twin, so the SavedModel stores
+    each table once, as uint32 words, unpacked inside the serving graph for the
+    looked-up ids only. Any Keras model works: functional, `Sequential`, subclassed,
+    `tfrs.models.Model`. Only the variables the serving functions read are saved
+    (no optimizer slots, no float table).
 
-    Functional and `Sequential` models are supported (the copy is made with
-    `keras.models.clone_model`).
+    Signatures: `serving_default` over the model's inputs, and `serving_xla`, the
+    same compiled with XLA (TF Serving runs it on CPU with
+    `--xla_cpu_compilation_enabled=true`). XLA cannot compile the hash tables of
+    vocabulary lookups (`StringLookup`, `IntegerLookup`): `serving_default` keeps
+    them, and when each lookup reads one of a functional model's inputs (and
+    nothing else reads it), `serving_xla` takes that input as the lookup's integer
+    ids instead; otherwise such a model has no `serving_xla`. The outputs are the
+    model's dict of outputs, else `output_0`, `output_1`, ... in `tf.nest` order.
+    Each table's variables are tracked as `tables/<index>/<field>`;
+    `assets.extra/keras_mpe.json` keeps its static facts, for `keras_mpe.inspect`.
 
     Args:
-        model: a built functional or Sequential model whose MixedPrecisionEmbedding
-            layers are in the retrain state.
+        model: a Keras model whose MixedPrecisionEmbedding layers are in the retrain
+            state.
         export_dir: the directory to write; must be empty or missing unless
             `overwrite=True`.
         overwrite: whether to replace a non-empty `export_dir`.
+        input_signature: what `model(...)` takes, as a `tf.TensorSpec` or a dict,
+            list or tuple of them; the signature's inputs are named by the specs'
+            names, else by their dict keys. Defaults to the `inputs` of a functional
+            or Sequential model; needed for a subclassed one, e.g.
+            `{"user_id": tf.TensorSpec([None], tf.string)}`.
 
     Example:
 
@@ -66,6 +80,7 @@ def export_saved_model(model: Any, export_dir: str, overwrite: bool = False) -> 
                 "MixedPrecisionEmbedding in the retrain state. Run the search "
                 "(`PrecisionSearch`) or call `layer.freeze_precision()` first."
             )
+    structure = _input_structure(model, input_signature)
     if os.path.isdir(export_dir) and os.listdir(export_dir):
         if not overwrite:
             raise FileExistsError(
@@ -73,52 +88,144 @@ def export_saved_model(model: Any, export_dir: str, overwrite: bool = False) -> 
                 "replace it, or choose another directory."
             )
         shutil.rmtree(export_dir)
-    try:
-        copy = keras.models.clone_model(model)
-    except ValueError as error:
-        raise TypeError(
-            "`export_saved_model` supports functional and Sequential models; cloning "
-            f"this {type(model).__name__} failed: {error}"
-        ) from error
-    for original, twin in zip(layers, find_mixed_precision_layers(copy), strict=True):
-        twin.freeze_precision(original.group_bit_widths.numpy())  # same weight order
-    copy.set_weights(model.get_weights())
-    for layer in find_mixed_precision_layers(copy):
-        layer.pack()
+    twins = [_packed_twin(layer) for layer in layers]
+    lookups = [layer for layer in model._flatten_layers() if hasattr(layer, "lookup_table")]
+    module = tf.Module()
+    # Vocabulary lookups (StringLookup, IntegerLookup) keep their tables in
+    # resources that are not variables.
+    module.lookup_tables = [layer.lookup_table for layer in lookups]
+    module.serve = _serving_function(model, structure)
+    signatures = {"serving_default": module.serve}
+    # XLA cannot compile hash-table lookups: a model with lookups gets an XLA
+    # endpoint only from the lookups' integer ids on.
+    xla_model, xla_structure = (
+        (model, structure)
+        if not lookups
+        else _model_after_lookups(model, lookups, input_signature)
+    )
+    if xla_model is not None:
+        module.serve_xla = _serving_function(xla_model, xla_structure, jit_compile=True)
+        signatures["serving_xla"] = module.serve_xla
+    with _calls_routed_to(layers, twins):
+        read = {id(v): v for f in signatures.values() for v in f.get_concrete_function().variables}
+        # Track what serving reads, not the model: a compiled model would bring its
+        # optimizer, whose slots hold float copies of the tables. Each packed table's
+        # variables go under `tables/<index>/<field>` (layer variable names need not
+        # be unique), the other variables read under `weights/<index>`.
+        module.tables = [_table_variables(twin) for twin in twins]
+        in_tables = {id(variable) for table in module.tables for variable in table.values()}
+        module.weights = [v for key, v in read.items() if key not in in_tables]
+        tf.saved_model.save(module, export_dir, signatures=signatures)
+    _write_metadata(export_dir, twins)
 
+
+def _serving_function(model: Any, structure: Any, jit_compile: bool = False) -> Any:
+    """`model` in inference mode as a `tf.function` over the flat, named specs of
+    `structure`, returning a dict of outputs."""
     specs = [
-        tf.TensorSpec(tensor.shape, tensor.dtype, name=_input_name(tensor, index))
-        for index, tensor in enumerate(copy.inputs)
+        tf.TensorSpec(spec.shape, spec.dtype, name=name) for name, spec in _named_specs(structure)
     ]
 
     def serve(*inputs):
-        outputs = copy(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
-        return {"output_0": outputs}
+        outputs = model(tf.nest.pack_sequence_as(structure, list(inputs)), training=False)
+        if isinstance(outputs, dict):
+            return outputs
+        return {f"output_{i}": output for i, output in enumerate(tf.nest.flatten(outputs))}
 
-    # Track the weights, not the model: a compiled model would bring its optimizer,
-    # whose slots hold float copies of the training tables. Each packed table's
-    # variables go under `tables/<index>/<field>` (its layer's variable names need
-    # not be unique), the other weights under `weights/<index>`.
-    packed_layers = find_mixed_precision_layers(copy)
-    tables = [_table_variables(layer) for layer in packed_layers]
-    in_tables = {id(variable) for table in tables for variable in table.values()}
-    module = tf.Module()
-    module.tables = tables
-    module.weights = [
-        variable for variable in map(_tf_variable, copy.weights) if id(variable) not in in_tables
+    return tf.function(serve, input_signature=specs, jit_compile=jit_compile)
+
+
+def _model_after_lookups(model: Any, lookups: list, input_signature: Any) -> tuple[Any, Any]:
+    """For a functional model whose vocabulary lookups each read one of its inputs and
+    nothing else reads those inputs: the model from the lookups' integer ids on, and
+    its input specs, named as the inputs they replace. Else `(None, None)`."""
+    if input_signature is not None or not getattr(model, "inputs", None):
+        return None, None
+    ids_for_input = {}
+    for lookup in lookups:
+        source = [tensor for tensor in model.inputs if tensor is lookup.input]
+        if len(lookup._inbound_nodes) != 1 or not source:
+            return None, None
+        ids_for_input[id(source[0])] = lookup.output
+    inputs = [ids_for_input.get(id(tensor), tensor) for tensor in model.inputs]
+    try:
+        model_after_lookups = keras.Model(inputs, model.output)
+    except ValueError:  # "Graph disconnected": another layer reads a lookup's input
+        return None, None
+    specs = [
+        tf.TensorSpec(tensor.shape, tensor.dtype, name=_input_name(original, index))
+        for index, (tensor, original) in enumerate(zip(inputs, model.inputs, strict=True))
     ]
-    # Vocabulary lookups (StringLookup, IntegerLookup) keep their tables in
-    # resources that are not weights.
-    module.lookup_tables = [
-        layer.lookup_table for layer in copy._flatten_layers() if hasattr(layer, "lookup_table")
+    return model_after_lookups, specs[0] if len(specs) == 1 else specs
+
+
+def _input_structure(model: Any, input_signature: Any) -> Any:
+    """`input_signature`, checked, or the specs of a functional model's inputs."""
+    if input_signature is None:
+        inputs = getattr(model, "inputs", None)
+        if not inputs:
+            raise ValueError(
+                f"`input_signature` is needed: this {type(model).__name__} has no "
+                "`inputs` (a subclassed model). Pass what `model(...)` takes as "
+                "tf.TensorSpec, e.g. `{'user_id': tf.TensorSpec([None], tf.string)}`."
+            )
+        specs = [
+            tf.TensorSpec(tensor.shape, tensor.dtype, name=_input_name(tensor, index))
+            for index, tensor in enumerate(inputs)
+        ]
+        return specs[0] if len(specs) == 1 else specs
+    flat = tf.nest.flatten(input_signature)
+    if not flat or not all(isinstance(spec, tf.TensorSpec) for spec in flat):
+        raise TypeError(
+            "`input_signature` must be a tf.TensorSpec or a dict, list or tuple of them; "
+            f"received {input_signature!r}."
+        )
+    return input_signature
+
+
+def _named_specs(structure: Any) -> list[tuple[str, tf.TensorSpec]]:
+    """The flat specs of `structure`, each with its signature input name."""
+    flat = tf.nest.flatten(structure)
+    flat_dict = isinstance(structure, dict) and len(structure) == len(flat)
+    keys = sorted(structure) if flat_dict else [None] * len(flat)  # tf.nest's dict order
+    named = [
+        (spec.name or key or f"input_{index}", spec)
+        for index, (key, spec) in enumerate(zip(keys, flat, strict=True))
     ]
-    module.serve = tf.function(serve, input_signature=specs)
-    signatures = {"serving_default": module.serve}
-    if not module.lookup_tables:  # XLA cannot compile hash-table lookups
-        module.serve_xla = tf.function(serve, input_signature=specs, jit_compile=True)
-        signatures["serving_xla"] = module.serve_xla
-    tf.saved_model.save(module, export_dir, signatures=signatures)
-    _write_metadata(export_dir, packed_layers)
+    names = [name for name, _ in named]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"The serving inputs need distinct names; `input_signature` gives {names}."
+        )
+    return named
+
+
+def _packed_twin(layer: MixedPrecisionEmbedding) -> MixedPrecisionEmbedding:
+    """A packed copy of a retrain-state layer."""
+    twin = MixedPrecisionEmbedding.from_config(layer.get_config())
+    twin.build()
+    values = layer._named_variables()
+    for name, variable in twin._named_variables().items():
+        variable.assign(values[name])
+    twin.pack()
+    return twin
+
+
+@contextlib.contextmanager
+def _calls_routed_to(
+    layers: list[MixedPrecisionEmbedding], twins: list[MixedPrecisionEmbedding]
+) -> Iterator[None]:
+    """Makes each layer call its packed twin instead, while the serving functions trace.
+
+    Set with `object.__setattr__`, so that Keras does not track the twin as a sublayer.
+    """
+    for layer, twin in zip(layers, twins, strict=True):
+        object.__setattr__(layer, "call", twin.call)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            object.__delattr__(layer, "call")
 
 
 def _table_variables(layer: MixedPrecisionEmbedding) -> dict[str, tf.Variable]:

@@ -167,16 +167,70 @@ def test_the_saved_graph_holds_one_variable_per_stored_variable(tmp_path):
 def test_string_ids_through_a_string_lookup_inside_the_model(tmp_path):
     vocabulary = [f"user{i}" for i in range(40)]
     layer = keras_mpe.MixedPrecisionEmbedding(41, 4, num_groups=4, name="mpe")
+    lookup = keras.layers.StringLookup(vocabulary=vocabulary)
     inputs = keras.Input(shape=(2,), dtype="string", name="user")
-    hidden = keras.layers.Flatten()(
-        layer(keras.layers.StringLookup(vocabulary=vocabulary)(inputs))
-    )
+    hidden = keras.layers.Flatten()(layer(lookup(inputs)))
     model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
     layer.freeze_precision([0, 2, 4, 6])
     names = tf.constant([["user1", "user39"], ["unknown", "user7"]])
     expected = model(names).numpy()
     keras_mpe.export_saved_model(model, str(tmp_path / "export"))
     loaded = tf.saved_model.load(str(tmp_path / "export"))
-    assert sorted(loaded.signatures) == ["serving_default"]  # no XLA for hash tables
     served = loaded.signatures["serving_default"](user=names)["output_0"].numpy()
     np.testing.assert_allclose(served, expected, atol=1e-6 * np.abs(expected).max())
+    # XLA cannot compile the hash table: its endpoint takes the lookup's ids instead.
+    ids = lookup(names)
+    assert ids.numpy().tolist() == [[2, 40], [0, 8]]
+    served_xla = loaded.signatures["serving_xla"](user=ids)["output_0"].numpy()
+    np.testing.assert_allclose(served_xla, expected, atol=1e-6 * np.abs(expected).max())
+
+
+def test_no_xla_endpoint_when_the_lookup_is_not_on_an_input(tmp_path):
+    layer = keras_mpe.MixedPrecisionEmbedding(11, 4, num_groups=2, name="mpe")
+    inputs = keras.Input(shape=(1,), dtype="string", name="word")
+    lookup = keras.layers.StringLookup(vocabulary=[f"w{i}" for i in range(10)])
+    model = keras.Model(inputs, layer(lookup(keras.layers.Identity()(inputs))))
+    layer.freeze_precision([2, 4])
+    keras_mpe.export_saved_model(model, str(tmp_path))
+    assert sorted(tf.saved_model.load(str(tmp_path)).signatures) == ["serving_default"]
+
+
+class TwoTowers(keras.Model):
+    """A subclassed model with dict inputs, an MPE table in each tower, and two
+    outputs: the score and the embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.user = keras_mpe.MixedPrecisionEmbedding(50, 4, num_groups=5, name="user")
+        self.item = keras_mpe.MixedPrecisionEmbedding(70, 4, num_groups=7, name="item")
+        self.head = keras.layers.Dense(1)
+
+    def call(self, features):
+        pair = keras.layers.concatenate([self.user(features["user"]), self.item(features["item"])])
+        return self.head(pair), pair
+
+
+def test_subclassed_model_exports_with_an_input_signature(tmp_path):
+    model = TwoTowers()
+    features = {"user": np.array([0, 49, 3, 50]), "item": np.array([69, 1, -2, 8])}
+    model(features)
+    model.user.freeze_precision([0, 2, 3, 4, 6])
+    model.item.freeze_precision([6, 5, 4, 3, 2, 1, 0])
+    expected = [output.numpy() for output in model(features)]
+    with pytest.raises(ValueError, match="`input_signature` is needed: this TwoTowers"):
+        keras_mpe.export_saved_model(model, str(tmp_path / "a"))
+    with pytest.raises(TypeError, match="`input_signature` must be a tf.TensorSpec.*int64"):
+        keras_mpe.export_saved_model(model, str(tmp_path / "a"), input_signature={"user": "int64"})
+    signature = {name: tf.TensorSpec([None], tf.int64) for name in features}
+    keras_mpe.export_saved_model(model, str(tmp_path / "a"), input_signature=signature)
+    assert model.user.state == model.item.state == "retrain"
+    loaded = tf.saved_model.load(str(tmp_path / "a"))
+    for name in ("serving_default", "serving_xla"):
+        served = loaded.signatures[name](**features)
+        for index, output in enumerate(expected):
+            np.testing.assert_allclose(
+                served[f"output_{index}"], output, atol=1e-6 * np.abs(output).max()
+            )
+    report = keras_mpe.inspect(str(tmp_path / "a"))
+    assert report["user"]["total_bytes"] == model.user.memory_report()["total_bytes"]
+    assert report["item"]["total_bytes"] == model.item.memory_report()["total_bytes"]
