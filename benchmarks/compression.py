@@ -4,6 +4,8 @@ Methods (each for every seed, all with the same model and the same total epochs)
 - `fp32`: `keras.layers.Embedding`, trained for the whole budget.
 - `fp32-rewind`: MPE's schedule without quantization: train half the budget, reset the
   table to its initial values (keeping the rest of the model), train the other half.
+- `fp32-rewind-mpe-init`: the same with MixedPrecisionEmbedding's initializer,
+  N(0, 0.003), instead of Keras's U(-0.05, 0.05): an ablation of the table's init.
 - `qat-Nbit`: `MixedPrecisionEmbedding(bit_widths=(N,))`, uniform quantization-aware
   training, two phases like MPE.
 - `ptq-int8`, `ptq-int4` (Keras 3 only): the trained `fp32` model's table quantized after
@@ -12,7 +14,9 @@ Methods (each for every seed, all with the same model and the same total epochs)
   `PrecisionSearch` (which freezes, rewinds and resets the optimizer), then retrained.
 - `mpe-target-<R>`: the same with `PrecisionSearch(target_compression=R)`.
 Each run is read at its best validation-AUC epoch (for two-phase methods, in the second
-phase). Prints a table and writes `benchmarks/results/compression.md` and a PNG of test
+phase). Each also reports the size of its SavedModel (`keras_mpe.export_saved_model`
+for MixedPrecisionEmbedding models, Keras's `model.export` for the others). Prints a
+table and writes `benchmarks/results/compression.md` and a PNG of test
 AUC against compression.
 
     python benchmarks/compression.py --data synthetic --seeds 1 --epochs 2   # quick
@@ -25,6 +29,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -61,6 +66,21 @@ class EpochReader(keras.callbacks.Callback):
 
     def best(self):
         return max(self.rows)[1:]
+
+
+def saved_model_bytes(model, packed: bool) -> int:
+    """Bytes on disk of the model's SavedModel: `keras_mpe.export_saved_model` for
+    MixedPrecisionEmbedding models (`packed`), Keras's own `model.export` otherwise."""
+    with tempfile.TemporaryDirectory() as directory:
+        if packed:
+            keras_mpe.export_saved_model(model, directory, overwrite=True)
+        else:
+            model.export(directory, verbose=False) if IS_KERAS_3 else model.export(directory)
+        return sum(
+            os.path.getsize(os.path.join(root, name))
+            for root, _, names in os.walk(directory)
+            for name in names
+        )
 
 
 def build(embedding, fields: int):
@@ -102,12 +122,15 @@ def run_method(
     fields, dim = train[0].shape[1], 16
     keras.utils.set_random_seed(seed)
     half = epochs // 2
-    if method in ("fp32", "fp32-rewind") or method.startswith("ptq"):
-        layer = keras.layers.Embedding(vocabulary, dim)
+    if method.startswith(("fp32", "ptq")):
+        initializer = "uniform"  # keras.layers.Embedding's default, U(-0.05, 0.05)
+        if method.endswith("mpe-init"):
+            initializer = keras_mpe.MixedPrecisionEmbedding(1, 1).embeddings_initializer
+        layer = keras.layers.Embedding(vocabulary, dim, embeddings_initializer=initializer)
         model = build(layer, fields)
         model.build((None, fields))
         initial = layer.embeddings.numpy()
-        if method == "fp32-rewind":
+        if method.startswith("fp32-rewind"):
             fit(model, train, validation, test, epochs - half, batch)
             layer.embeddings.assign(initial)
             reader = fit(model, train, validation, test, half, batch)
@@ -122,6 +145,7 @@ def run_method(
             "ratio": 1.0,
             "payload_ratio": 1.0,
             "bytes": size,
+            "saved_bytes": saved_model_bytes(model, packed=False),
         }
         if method.startswith("ptq"):
             mode = method.split("-")[1]
@@ -137,6 +161,7 @@ def run_method(
                 "ratio": 4 * vocabulary * dim / size,
                 "payload_ratio": 32 / bits,
                 "bytes": size,
+                "saved_bytes": saved_model_bytes(model, packed=False),
             }
         return result
     search = {"monitor": "val_auc", "verbose": 0}
@@ -165,6 +190,7 @@ def run_method(
         "ratio": report["compression_ratio"],
         "payload_ratio": report["payload_compression_ratio"],
         "bytes": report["total_bytes"],
+        "saved_bytes": saved_model_bytes(model, packed=True),
     }
 
 
@@ -188,7 +214,7 @@ def main() -> None:
     args = parser.parse_args()
     data = load(args.data)
     mpe_bits = tuple(int(b) for b in args.mpe_bits.split(","))
-    methods = ["fp32", "fp32-rewind", "qat-8bit", "qat-4bit", "qat-2bit"]
+    methods = ["fp32", "fp32-rewind", "fp32-rewind-mpe-init", "qat-8bit", "qat-4bit", "qat-2bit"]
     if IS_KERAS_3:
         methods += ["ptq-int8", "ptq-int4"]
     methods += [f"mpe-{p}" for p in args.penalties.split(",") if p]
@@ -216,7 +242,7 @@ def main() -> None:
             "loss_std": loss.std(),
             **{
                 k: np.mean([r[k] for r in results])
-                for k in ("bits", "ratio", "payload_ratio", "bytes")
+                for k in ("bits", "ratio", "payload_ratio", "bytes", "saved_bytes")
             },
         }
         rows.append(row)
@@ -224,7 +250,8 @@ def main() -> None:
             f"{method:14s} AUC {row['auc']:.4f}±{row['auc_std']:.4f} "
             f"logloss {row['loss']:.4f}±{row['loss_std']:.4f} bits {row['bits']:.2f} "
             f"{row['ratio']:.1f}x ({row['payload_ratio']:.1f}x payload) "
-            f"{row['bytes']:,.0f} B  [{time.time() - start:.0f}s]",
+            f"{row['bytes']:,.0f} B, SavedModel {row['saved_bytes']:,.0f} B  "
+            f"[{time.time() - start:.0f}s]",
             flush=True,
         )
     write_results(rows, args, data[4])
@@ -241,14 +268,14 @@ def write_results(rows, args, description: str) -> None:
         f"{args.batch}. Command: `python benchmarks/compression.py {shlex.join(sys.argv[1:])}`",
         "",
         "| method | test AUC | test logloss | avg bits | compression (with overhead) "
-        "| compression (payload) | table bytes |",
-        "|---|---|---|---|---|---|---|",
+        "| compression (payload) | table bytes | SavedModel bytes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['auc']:.4f} ± {r['auc_std']:.4f} | {r['loss']:.4f} ± "
             f"{r['loss_std']:.4f} | {r['bits']:.2f} | {r['ratio']:.1f}x | "
-            f"{r['payload_ratio']:.1f}x | {r['bytes']:,.0f} |"
+            f"{r['payload_ratio']:.1f}x | {r['bytes']:,.0f} | {r['saved_bytes']:,.0f} |"
         )
     path = os.path.join(RESULTS, f"{args.results_name or 'compression-' + args.data}.md")
     with open(path, "w") as file:
