@@ -4,8 +4,8 @@ Methods (each for every seed, all with the same model and the same total epochs)
 - `fp32`: `keras.layers.Embedding`, trained for the whole budget.
 - `fp32-rewind`: MPE's schedule without quantization: train half the budget, reset the
   table to its initial values (keeping the rest of the model), train the other half.
-- `fp32-rewind-mpe-init`: the same with MixedPrecisionEmbedding's initializer,
-  N(0, 0.003), instead of Keras's U(-0.05, 0.05): an ablation of the table's init.
+- `fp32-mpe-init`, `fp32-rewind-mpe-init`: the same two with MixedPrecisionEmbedding's
+  initializer, N(0, 0.003), instead of Keras's U(-0.05, 0.05): an ablation of the init.
 - `qat-Nbit`: `MixedPrecisionEmbedding(bit_widths=(N,))`, uniform quantization-aware
   training, two phases like MPE.
 - `ptq-int8`, `ptq-int4` (Keras 3 only): the trained `fp32` model's table quantized after
@@ -13,6 +13,9 @@ Methods (each for every seed, all with the same model and the same total epochs)
 - `mpe-<penalty>`: MixedPrecisionEmbedding searched with that bit penalty by
   `PrecisionSearch` (which freezes, rewinds and resets the optimizer), then retrained.
 - `mpe-target-<R>`: the same with `PrecisionSearch(target_compression=R)`.
+- `threshold-<R>`: no search, a frequency threshold: the rarest groups pruned (0 bits)
+  until the table is R times smaller, the others at 4 bits (`fit_to_budget` from 4 bits
+  everywhere), trained with the rewind schedule of `fp32-rewind`.
 Each run is read at its best validation-AUC epoch (for two-phase methods, in the second
 phase). Each also reports the size of its SavedModel (`keras_mpe.export_saved_model`
 for MixedPrecisionEmbedding models, Keras's `model.export` for the others). Prints a
@@ -36,6 +39,7 @@ import numpy as np
 
 import keras_mpe
 from keras_mpe.backend import IS_KERAS_3, keras
+from keras_mpe.callbacks import fit_to_budget
 from keras_mpe.datasets import synthetic_ctr
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -164,6 +168,18 @@ def run_method(
                 "saved_bytes": saved_model_bytes(model, packed=False),
             }
         return result
+    if method.startswith("threshold"):
+        layer = keras_mpe.MixedPrecisionEmbedding(vocabulary, dim, bit_widths=(0, 4))
+        layer.adapt(train[0])
+        model = build(layer, fields)
+        model.build((None, fields))
+        all_four = np.full(layer.num_groups, 4)
+        layer.freeze_precision(fit_to_budget(layer, all_four, float(method.split("-")[1])))
+        initial = layer.embeddings.numpy()
+        fit(model, train, validation, test, epochs - half, batch)
+        layer.embeddings.assign(initial)
+        reader = fit(model, train, validation, test, half, batch)
+        return mpe_result(model, layer, reader)
     search = {"monitor": "val_auc", "verbose": 0}
     if method.startswith("qat"):
         options = {"bit_widths": (int(method.split("-")[1].rstrip("bit")),)}
@@ -181,6 +197,10 @@ def run_method(
         model, train, validation, test, epochs - half, batch, [keras_mpe.PrecisionSearch(**search)]
     )
     reader = fit(model, train, validation, test, half, batch, compile_model=False)
+    return mpe_result(model, layer, reader)
+
+
+def mpe_result(model, layer, reader: EpochReader) -> dict:
     auc, loss = reader.best()
     report = layer.memory_report()
     return {
@@ -214,11 +234,13 @@ def main() -> None:
     args = parser.parse_args()
     data = load(args.data)
     mpe_bits = tuple(int(b) for b in args.mpe_bits.split(","))
-    methods = ["fp32", "fp32-rewind", "fp32-rewind-mpe-init", "qat-8bit", "qat-4bit", "qat-2bit"]
+    methods = ["fp32", "fp32-rewind", "fp32-mpe-init", "fp32-rewind-mpe-init"]
+    methods += ["qat-8bit", "qat-4bit", "qat-2bit"]
     if IS_KERAS_3:
         methods += ["ptq-int8", "ptq-int4"]
     methods += [f"mpe-{p}" for p in args.penalties.split(",") if p]
     methods += [f"mpe-target-{r}" for r in args.targets.split(",") if r]
+    methods += [f"threshold-{r}" for r in args.targets.split(",") if r]
     if args.only:
         unknown = set(args.only.split(",")) - set(methods)
         if unknown:
