@@ -231,7 +231,20 @@ def main() -> None:
     parser.add_argument(
         "--mpe-bits", default="0,1,2,3,4,5,6", help="candidate bit-widths of the MPE runs"
     )
+    parser.add_argument(
+        "--merge",
+        default="",
+        help="comma-separated results files of earlier runs (parts run with --only) to "
+        "write as one table and picture under --results-name, without training",
+    )
     args = parser.parse_args()
+    name = args.results_name or f"compression-{args.data}"
+    if args.merge:
+        parts = [read_results(path) for path in args.merge.split(",")]
+        runs = [run for part_runs, _ in parts for run in part_runs]
+        rows = [row for _, part_rows in parts for row in part_rows]
+        write_results(rows, name, args.data, runs, description=args.data)
+        return
     data = load(args.data)
     mpe_bits = tuple(int(b) for b in args.mpe_bits.split(","))
     methods = ["fp32", "fp32-rewind", "fp32-mpe-init", "fp32-rewind-mpe-init"]
@@ -276,18 +289,51 @@ def main() -> None:
             f"[{time.time() - start:.0f}s]",
             flush=True,
         )
-    write_results(rows, args, data[4])
+    write_results(rows, name, args.data, [run_line(args, data[4])], data[4])
 
 
-def write_results(rows, args, description: str) -> None:
-    os.makedirs(RESULTS, exist_ok=True)
+def run_line(args, description: str) -> str:
+    """The results file's line on one run: when, where, what data, which command."""
     flavour = "Keras 3" if IS_KERAS_3 else "tf-keras"
-    lines = [
-        f"# Compression against accuracy ({args.data})",
-        "",
+    return (
         f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, {flavour}; "
         f"{description}; {args.epochs} epochs per method, {args.seeds} seeds, batch "
-        f"{args.batch}. Command: `python benchmarks/compression.py {shlex.join(sys.argv[1:])}`",
+        f"{args.batch}. Command: `python benchmarks/compression.py {shlex.join(sys.argv[1:])}`"
+    )
+
+
+def read_results(path: str) -> tuple[list[str], list[dict]]:
+    """The run lines and method rows of a results file this script wrote."""
+    with open(path) as file:
+        lines = file.read().splitlines()
+    runs = [line for line in lines if "Command: `" in line]
+    rows = []
+    for line in lines:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if not line.startswith("| ") or "±" not in line:
+            continue
+        (auc, auc_std), (loss, loss_std) = (map(float, c.split("±")) for c in cells[1:3])
+        saved = cells[7].replace(",", "") if len(cells) > 7 else "nan"
+        rows.append(
+            {
+                "method": cells[0],
+                **{"auc": auc, "auc_std": auc_std, "loss": loss, "loss_std": loss_std},
+                "bits": float(cells[3]),
+                "ratio": float(cells[4].rstrip("x")),
+                "payload_ratio": float(cells[5].rstrip("x")),
+                "bytes": float(cells[6].replace(",", "")),
+                "saved_bytes": float("nan" if saved == "n/a" else saved),
+            }
+        )
+    return runs, rows
+
+
+def write_results(rows, name: str, data: str, runs: list[str], description: str) -> None:
+    os.makedirs(RESULTS, exist_ok=True)
+    lines = [
+        f"# Compression against accuracy ({data})",
+        "",
+        *[f"- {run}" if len(runs) > 1 else run for run in runs],
         "",
         "| method | test AUC | test logloss | avg bits | compression (with overhead) "
         "| compression (payload) | table bytes | SavedModel bytes |",
@@ -297,9 +343,10 @@ def write_results(rows, args, description: str) -> None:
         lines.append(
             f"| {r['method']} | {r['auc']:.4f} ± {r['auc_std']:.4f} | {r['loss']:.4f} ± "
             f"{r['loss_std']:.4f} | {r['bits']:.2f} | {r['ratio']:.1f}x | "
-            f"{r['payload_ratio']:.1f}x | {r['bytes']:,.0f} | {r['saved_bytes']:,.0f} |"
+            f"{r['payload_ratio']:.1f}x | {r['bytes']:,.0f} | "
+            + ("n/a |" if np.isnan(r["saved_bytes"]) else f"{r['saved_bytes']:,.0f} |")
         )
-    path = os.path.join(RESULTS, f"{args.results_name or 'compression-' + args.data}.md")
+    path = os.path.join(RESULTS, f"{name}.md")
     with open(path, "w") as file:
         file.write("\n".join(lines) + "\n")
     print(f"wrote {path}")
@@ -320,9 +367,7 @@ def write_results(rows, args, description: str) -> None:
     axes.set_title(description, fontsize=7)
     axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(
-        os.path.join(RESULTS, f"{args.results_name or 'compression-' + args.data}.png"), dpi=120
-    )
+    figure.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=120)
 
 
 if __name__ == "__main__":
