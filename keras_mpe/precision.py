@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 GROUP_FIELDS = 3  # first row, first word, bit-width: one int32 each
 MAX_BITS = 8
@@ -46,26 +47,27 @@ def check_bit_widths(bit_widths: Any) -> tuple[int, ...]:
     return tuple(int(b) for b in values)
 
 
-def select_bit_widths(probabilities: np.ndarray, bit_widths: np.ndarray) -> np.ndarray:
-    """The MPE choice: per group, the largest bit-width with probability >= 1/(2K).
+def selected_index(probabilities: Any) -> tf.Tensor:
+    """The MPE choice: per group, the index of the largest candidate bit-width with
+    probability >= 1/(2K), candidates ascending. TensorFlow ops, so that the search's
+    forward pass can use it inside a compiled step.
 
     Args:
         probabilities: `[G, K]` per-group probabilities over the K candidates.
-        bit_widths: `[K]` candidate bit-widths, ascending.
 
     Returns:
-        int32 `[G]` chosen bit-widths.
+        int32 `[G]` indices into the candidates.
 
     Example:
 
-    >>> select_bit_widths(np.array([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]]),
-    ...                   np.array([0, 2, 4]))
-    array([2, 4], dtype=int32)
+    >>> selected_index(np.array([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])).numpy()
+    array([1, 2], dtype=int32)
     """
-    threshold = 1.0 / (2 * len(bit_widths))
-    eligible = probabilities >= threshold
-    last = eligible.shape[1] - 1 - np.argmax(eligible[:, ::-1], axis=1)
-    return np.asarray(bit_widths, dtype=np.int32)[last]
+    probabilities = tf.convert_to_tensor(probabilities)
+    k = probabilities.shape[-1]
+    eligible = tf.cast(probabilities >= 1.0 / (2 * k), tf.int32)
+    last_eligible = tf.argmax(tf.reverse(eligible, axis=[-1]), axis=-1, output_type=tf.int32)
+    return k - 1 - last_eligible
 
 
 def payload_words(

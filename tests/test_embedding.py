@@ -46,10 +46,13 @@ def _search_reference(layer, ids):
     return out.reshape(ids.shape + (layer.output_dim,))
 
 
-def _retrain_reference(layer, ids):
+def _retrain_reference(layer, ids, group_bits=None):
+    """The layer's output with each group quantized at `group_bits` (by default
+    its frozen `group_bit_widths`)."""
     table = layer.embeddings.numpy()
     alphas = dict(zip([b for b in layer.bit_widths if b], layer.step_sizes.numpy()))
-    bits = layer.group_bit_widths.numpy()[layer.id_to_group.numpy()]
+    group_bits = layer.group_bit_widths.numpy() if group_bits is None else group_bits
+    bits = np.asarray(group_bits)[layer.id_to_group.numpy()]
     rows = [
         quantize(table[i : i + 1], alphas.get(bits[i], 1.0), layer.offset.numpy(), bits[i])[0]
         for i in ids.reshape(-1)
@@ -97,7 +100,9 @@ def test_default_initializer_is_normal_with_stddev_0_003():
 
 @pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 3, 2)])
 def test_search_output_matches_reference_for_any_input_shape(shape):
-    layer = _layer(40, 4, num_groups=5, frequencies=np.arange(40) % 7)
+    layer = _layer(
+        40, 4, num_groups=5, frequencies=np.arange(40) % 7, search_forward="expectation"
+    )
     _randomize_logits(layer)
     ids = np.random.default_rng(1).integers(0, 40, size=shape)
     out = layer(ids)
@@ -161,7 +166,7 @@ def test_search_gradients_match_autodiff_of_the_reference_mixture():
     through the composition of single-width quantizers (checked by formula elsewhere)."""
     from keras_mpe import quantizers
 
-    layer = _layer(40, 4, num_groups=5, bit_penalty=0.0)
+    layer = _layer(40, 4, num_groups=5, bit_penalty=0.0, search_forward="expectation")
     _randomize_logits(layer, seed=3)
     layer.relative_offset.assign(
         np.array([0.001, -0.002, 0.0, 0.003]) / (layer.offset_scale * 10.0)
@@ -424,6 +429,11 @@ def test_ids_float32_cannot_hold_exactly_are_rejected():
             r"quantizer_learning_rate_scale=-2",
         ),
         (
+            {"search_forward": "mean"},
+            r"`search_forward` must be one of \('sample', 'expectation'\). Received: "
+            r"search_forward='mean'",
+        ),
+        (
             {"bit_penalty": -1.0},
             r"`bit_penalty` must be a finite number >= 0. Received: bit_penalty=-1.0",
         ),
@@ -574,3 +584,61 @@ def test_quantizer_learning_rate_scale_reparameterises_step_sizes_and_offset():
     for got, want in zip(gradients[1], gradients[0], strict=True):
         np.testing.assert_allclose(got.numpy(), 10.0 * want.numpy(), rtol=1e-4, atol=1e-9)
     assert np.abs(gradients[0][0].numpy()).sum() > 0
+
+
+def test_sampled_search_quantizes_each_group_at_one_drawn_width():
+    layer = _layer(60, 4, num_groups=6, bit_widths=(0, 2, 4), temperature=1.0)
+    _randomize_logits(layer)
+    ids = np.arange(60)
+    out = layer(ids, training=True).numpy()
+    assert layer.sampling_seed.numpy()[1] == 1  # one draw
+    groups = layer.id_to_group.numpy()
+    at_width = {b: _retrain_reference(layer, ids, np.full(6, b)) for b in (0, 2, 4)}
+    for group in range(6):
+        rows = groups == group
+        assert any(np.allclose(out[rows], at_width[b][rows], atol=1e-6) for b in (0, 2, 4))
+
+
+def test_sampled_search_gives_the_logits_the_expectation_gradient():
+    sampled = _layer(60, 4, num_groups=6, bit_widths=(0, 2, 4), temperature=1.0)
+    expectation = _layer(
+        60, 4, num_groups=6, bit_widths=(0, 2, 4), temperature=1.0, search_forward="expectation"
+    )
+    _randomize_logits(sampled)
+    expectation.set_weights(sampled.get_weights())
+    ids = np.arange(60)
+    dy = np.random.default_rng(4).normal(size=(60, 4)).astype(np.float32)
+    gradients = []
+    for layer in (sampled, expectation):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids, training=True) * dy)
+        gradients.append(tape.gradient(loss, layer.precision_logits).numpy())
+    np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-5, atol=1e-9)
+    assert np.abs(gradients[0]).max() > 0
+
+
+def test_sampled_widths_follow_the_softmax_and_replay_from_the_seed():
+    layer = _layer(2000, 1, num_groups=1000, bit_widths=(0, 4), temperature=0.5)
+    # at temperature 0.5, p(4 bits) = 3 / (1 + 3)
+    layer.precision_logits.assign(np.tile([0.0, 0.5 * np.log(3.0)], (1000, 1)))
+    start = layer.sampling_seed.numpy()
+    first = layer._search_weights(training=True).numpy()
+    second = layer._search_weights(training=True).numpy()
+    assert set(np.unique(first)) == {0.0, 1.0} and (first.sum(axis=1) == 1).all()
+    assert abs(first[:, 1].mean() - 0.75) < 0.06
+    assert (first != second).any()  # a new draw each call
+    layer.sampling_seed.assign(start)
+    np.testing.assert_array_equal(layer._search_weights(training=True).numpy(), first)
+
+
+def test_sampled_search_scores_the_selected_widths_outside_training():
+    layer = _layer(60, 4, num_groups=6, bit_widths=(0, 2, 4), temperature=3e-3)
+    layer.precision_logits.assign(np.random.default_rng(5).normal(size=(6, 3)) * 0.01)
+    layer.temperature.assign(1.0)  # selection is at the final temperature, 3e-3
+    ids = np.arange(60)
+    selected = layer.select_bit_widths(3e-3)
+    assert selected.tolist() != layer.select_bit_widths().tolist()
+    np.testing.assert_allclose(
+        layer(ids).numpy(), _retrain_reference(layer, ids, selected), atol=1e-6
+    )
+    assert layer.sampling_seed.numpy()[1] == 0  # no draw

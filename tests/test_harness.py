@@ -34,7 +34,7 @@ def test_keras3_run_layer_test(state):
         input_dtype="int32",
         expected_output_shape=(2, 3, 4),
         expected_num_trainable_weights=4 if state == "search" else 3,
-        expected_num_non_trainable_weights=8 if state == "search" else 9,
+        expected_num_non_trainable_weights=9 if state == "search" else 10,
         expected_num_losses=1,
         supports_masking=False,
         custom_objects={"FrozenEmbedding": FrozenEmbedding},
