@@ -13,6 +13,9 @@ Methods (each for every seed, all with the same model and the same total epochs)
 - `mpe-<penalty>`: MixedPrecisionEmbedding searched with that bit penalty by
   `PrecisionSearch` (which freezes, rewinds and resets the optimizer), then retrained.
 - `mpe-target-<R>`: the same with `PrecisionSearch(target_compression=R)`.
+- `mpe-expectation-<penalty>`, `mpe-expectation-target-<R>`: the same two with
+  `search_forward="expectation"`, the paper's forward (the expectation over the
+  widths), instead of sampled widths.
 - `threshold-<R>`: no search, a frequency threshold: the rarest groups pruned (0 bits)
   until the table is R times smaller, the others at 4 bits (`fit_to_budget` from 4 bits
   everywhere), trained with the rewind schedule of `fp32-rewind`.
@@ -181,6 +184,8 @@ def run_method(
         reader = fit(model, train, validation, test, half, batch)
         return mpe_result(model, layer, reader)
     search = {"monitor": "val_auc", "verbose": 0}
+    expectation = method.startswith("mpe-expectation-")
+    method = method.replace("mpe-expectation-", "mpe-")
     if method.startswith("qat"):
         options = {"bit_widths": (int(method.split("-")[1].rstrip("bit")),)}
     elif method.startswith("mpe-target"):
@@ -190,6 +195,8 @@ def run_method(
         options = {"bit_penalty": float(method.split("-", 1)[1])}
     if method.startswith("mpe"):
         options["bit_widths"] = mpe_bits
+    if expectation:
+        options["search_forward"] = "expectation"
     layer = keras_mpe.MixedPrecisionEmbedding(vocabulary, dim, **options)
     layer.adapt(train[0])
     model = build(layer, fields)
@@ -253,6 +260,8 @@ def main() -> None:
         methods += ["ptq-int8", "ptq-int4"]
     methods += [f"mpe-{p}" for p in args.penalties.split(",") if p]
     methods += [f"mpe-target-{r}" for r in args.targets.split(",") if r]
+    methods += [f"mpe-expectation-{p}" for p in args.penalties.split(",") if p]
+    methods += [f"mpe-expectation-target-{r}" for r in args.targets.split(",") if r]
     methods += [f"threshold-{r}" for r in args.targets.split(",") if r]
     if args.only:
         unknown = set(args.only.split(",")) - set(methods)
@@ -358,14 +367,23 @@ def write_results(rows, name: str, data: str, runs: list[str], description: str)
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
         return
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        axes.errorbar(r["ratio"], r["auc"], yerr=r["auc_std"], fmt="o", label=r["method"])
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    markers = {"fp32": "o", "ptq": "v", "qat": "s", "mpe": "^", "threshold": "D"}
+    for index, r in enumerate(rows):
+        axes.errorbar(
+            r["ratio"],
+            r["auc"],
+            yerr=r["auc_std"],
+            fmt=markers.get(r["method"].split("-")[0], "o"),
+            color=plt.cm.tab20(index % 20),
+            capsize=3,
+            label=r["method"],
+        )
     axes.set_xscale("log")
     axes.set_xlabel("compression of the embedding table (with overhead)")
     axes.set_ylabel("test AUC")
     axes.set_title(description, fontsize=7)
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=7, loc="lower left", ncol=2)
     figure.tight_layout()
     figure.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=120)
 

@@ -117,8 +117,8 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             `beta = s * offset_scale * relative_offset`: an adaptive optimizer moves
             `log(alpha)` and `beta / offset_scale` by about `s` times its learning
             rate per step. Defaults to 10, so that the step sizes can follow the
-            table's growth under Adam (on MovieLens-1M, at 16x, 10 gave test AUC
-            0.717 and 1 gave 0.666; see benchmarks/README.md).
+            table's growth under Adam (on MovieLens-1M at 16x, with the expectation
+            forward, 10 gave test AUC 0.717 and 1 gave 0.666; benchmarks/README.md).
         search_forward: what a looked-up row is in the search state. `"sample"`
             (default): in training, each group's width is drawn from its softmax at
             every call (at the current temperature) and the row is quantized at that
@@ -129,7 +129,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             paper's `sum_k p_k Q_{b_k}(w)`, in training and outside it. Under the
             expectation a mix of 0 and 6 bits passes for a cheap precise value, and
             the search learns allocations that fail once frozen (MovieLens-1M at
-            16x: test AUC 0.773 +- 0.039 with it, 0.806 +- 0.001 sampled, 3 seeds;
+            16x: test AUC 0.773 +- 0.039 with it, 0.807 +- 0.001 sampled, 3 seeds;
             benchmarks/README.md).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
