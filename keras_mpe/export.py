@@ -143,8 +143,10 @@ def _model_after_lookups(model: Any, lookups: list, input_signature: Any) -> tup
         return None, None
     ids_for_input = {}
     for lookup in lookups:
+        if len(lookup._inbound_nodes) != 1:  # called eagerly (no `input`) or shared
+            return None, None
         source = [tensor for tensor in model.inputs if tensor is lookup.input]
-        if len(lookup._inbound_nodes) != 1 or not source:
+        if not source:
             return None, None
         ids_for_input[id(source[0])] = lookup.output
     inputs = [ids_for_input.get(id(tensor), tensor) for tensor in model.inputs]

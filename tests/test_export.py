@@ -191,8 +191,30 @@ def test_no_xla_endpoint_when_the_lookup_is_not_on_an_input(tmp_path):
     lookup = keras.layers.StringLookup(vocabulary=[f"w{i}" for i in range(10)])
     model = keras.Model(inputs, layer(lookup(keras.layers.Identity()(inputs))))
     layer.freeze_precision([2, 4])
-    keras_mpe.export_saved_model(model, str(tmp_path))
-    assert sorted(tf.saved_model.load(str(tmp_path)).signatures) == ["serving_default"]
+    keras_mpe.export_saved_model(model, str(tmp_path / "a"))
+    assert sorted(tf.saved_model.load(str(tmp_path / "a")).signatures) == ["serving_default"]
+
+    class LookupThenEmbed(keras.layers.Layer):
+        """A layer that calls its lookup inside `call`, not as a node of the model."""
+
+        def __init__(self):
+            super().__init__()
+            self.lookup = keras.layers.StringLookup(vocabulary=[f"w{i}" for i in range(10)])
+            self.embedding = keras_mpe.MixedPrecisionEmbedding(11, 4, num_groups=2)
+
+        def call(self, words):
+            return self.embedding(self.lookup(words))
+
+    inner = LookupThenEmbed()
+    model = keras.Model(inputs, inner(inputs))
+    inner.embedding.freeze_precision([2, 4])
+    keras_mpe.export_saved_model(model, str(tmp_path / "b"))
+    served = tf.saved_model.load(str(tmp_path / "b"))
+    assert sorted(served.signatures) == ["serving_default"]
+    words = tf.constant([["w3"], ["zz"]])
+    np.testing.assert_allclose(
+        served.signatures["serving_default"](word=words)["output_0"], model(words), atol=1e-6
+    )
 
 
 class TwoTowers(keras.Model):
