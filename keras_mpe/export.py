@@ -154,11 +154,7 @@ def _model_after_lookups(model: Any, lookups: list, input_signature: Any) -> tup
         model_after_lookups = keras.Model(inputs, model.output)
     except ValueError:  # "Graph disconnected": another layer reads a lookup's input
         return None, None
-    specs = [
-        tf.TensorSpec(tensor.shape, tensor.dtype, name=_input_name(original, index))
-        for index, (tensor, original) in enumerate(zip(inputs, model.inputs, strict=True))
-    ]
-    return model_after_lookups, specs[0] if len(specs) == 1 else specs
+    return model_after_lookups, _input_specs(inputs, model.inputs)
 
 
 def _input_structure(model: Any, input_signature: Any) -> Any:
@@ -171,11 +167,7 @@ def _input_structure(model: Any, input_signature: Any) -> Any:
                 "`inputs` (a subclassed model). Pass what `model(...)` takes as "
                 "tf.TensorSpec, e.g. `{'user_id': tf.TensorSpec([None], tf.string)}`."
             )
-        specs = [
-            tf.TensorSpec(tensor.shape, tensor.dtype, name=_input_name(tensor, index))
-            for index, tensor in enumerate(inputs)
-        ]
-        return specs[0] if len(specs) == 1 else specs
+        return _input_specs(inputs, inputs)
     flat = tf.nest.flatten(input_signature)
     if not flat or not all(isinstance(spec, tf.TensorSpec) for spec in flat):
         raise TypeError(
@@ -183,6 +175,16 @@ def _input_structure(model: Any, input_signature: Any) -> Any:
             f"received {input_signature!r}."
         )
     return input_signature
+
+
+def _input_specs(tensors: list, named_like: list) -> Any:
+    """Specs of `tensors` named as the model inputs `named_like`: one spec for one
+    input, else a list, as a functional model takes them."""
+    specs = [
+        tf.TensorSpec(tensor.shape, tensor.dtype, name=_input_name(original, index))
+        for index, (tensor, original) in enumerate(zip(tensors, named_like, strict=True))
+    ]
+    return specs[0] if len(specs) == 1 else specs
 
 
 def _named_specs(structure: Any) -> list[tuple[str, tf.TensorSpec]]:
