@@ -122,6 +122,16 @@ def fit(
     return reader
 
 
+def fit_with_rewind(model, layer, train, validation, test, epochs: int, batch: int):
+    """MPE's schedule without a search: train `epochs - epochs // 2` epochs, reset
+    `layer`'s table to its initial values (keeping the rest of the model), train the
+    other `epochs // 2` (with a fresh optimizer, as `fit` recompiles)."""
+    initial = layer.embeddings.numpy()
+    fit(model, train, validation, test, epochs - epochs // 2, batch)
+    layer.embeddings.assign(initial)
+    return fit(model, train, validation, test, epochs // 2, batch)
+
+
 def run_method(
     method: str, seed: int, data, epochs: int, batch: int, mpe_bits: tuple[int, ...]
 ) -> dict:
@@ -136,11 +146,8 @@ def run_method(
         layer = keras.layers.Embedding(vocabulary, dim, embeddings_initializer=initializer)
         model = build(layer, fields)
         model.build((None, fields))
-        initial = layer.embeddings.numpy()
         if method.startswith("fp32-rewind"):
-            fit(model, train, validation, test, epochs - half, batch)
-            layer.embeddings.assign(initial)
-            reader = fit(model, train, validation, test, half, batch)
+            reader = fit_with_rewind(model, layer, train, validation, test, epochs, batch)
         else:
             reader = fit(model, train, validation, test, epochs, batch)
         auc, loss = reader.best()
@@ -152,7 +159,6 @@ def run_method(
             "ratio": 1.0,
             "payload_ratio": 1.0,
             "bytes": size,
-            "saved_bytes": saved_model_bytes(model, packed=False),
         }
         if method.startswith("ptq"):
             mode = method.split("-")[1]
@@ -168,9 +174,8 @@ def run_method(
                 "ratio": 4 * vocabulary * dim / size,
                 "payload_ratio": 32 / bits,
                 "bytes": size,
-                "saved_bytes": saved_model_bytes(model, packed=False),
             }
-        return result
+        return {**result, "saved_bytes": saved_model_bytes(model, packed=False)}
     if method.startswith("threshold"):
         layer = keras_mpe.MixedPrecisionEmbedding(vocabulary, dim, bit_widths=(0, 4))
         layer.adapt(train[0])
@@ -178,10 +183,7 @@ def run_method(
         model.build((None, fields))
         all_four = np.full(layer.num_groups, 4)
         layer.freeze_precision(fit_to_budget(layer, all_four, float(method.split("-")[1])))
-        initial = layer.embeddings.numpy()
-        fit(model, train, validation, test, epochs - half, batch)
-        layer.embeddings.assign(initial)
-        reader = fit(model, train, validation, test, half, batch)
+        reader = fit_with_rewind(model, layer, train, validation, test, epochs, batch)
         return mpe_result(model, layer, reader)
     search = {"monitor": "val_auc", "verbose": 0}
     expectation = method.startswith("mpe-expectation-")
