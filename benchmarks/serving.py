@@ -11,9 +11,11 @@ from a Zipf-like distribution, it times, side by side in one run:
   under tf-keras, which has no such method);
 
 each run op by op (`eager`), as a `tf.function` graph (`graph`, what TF Serving
-runs) and compiled with XLA (`xla`; the packed lookup then uses `xla=True`, its op mix
-for XLA). Timings are medians over `--repeats` calls
-after warm-up, interleaved across methods. Printed, not asserted.
+runs) and compiled with XLA (`xla`). The packed lookup picks its op mix by itself (the
+one for XLA only under `jit_compile=True`, as an exported `serving_xla` does); the
+`other mix` column forces the other one, to show what the choice is worth. Timings are
+medians over `--repeats` calls after warm-up, interleaved across methods. Printed, not
+asserted.
 
     python benchmarks/serving.py
     python benchmarks/serving.py --input_dims 100000 --repeats 5      # quick
@@ -109,7 +111,7 @@ def main() -> None:
             tf.constant(zipf_ids(rng, input_dim, (args.batch, args.fields))) for _ in range(4)
         ]
 
-        def packed_lookup(ids, packed_vars=packed_vars, static=static, xla=False):
+        def packed_lookup(ids, packed_vars=packed_vars, static=static, xla=None):
             return packing.lookup_packed(ids, **packed_vars, **static, xla=xla)
 
         def float_gather(ids, table_var=table_var):
@@ -137,8 +139,8 @@ def main() -> None:
         results = {}
         for mode, wrap in modes.items():
             wrapped = {name: wrap(f) for name, f in functions.items()}
-            if mode == "xla":  # the op mix made for XLA
-                wrapped["packed"] = wrap(lambda ids: packed_lookup(ids, xla=True))
+            other_mix = mode != "xla"
+            wrapped["other mix"] = wrap(lambda ids, xla=other_mix: packed_lookup(ids, xla=xla))
             for function in wrapped.values():  # warm up / compile
                 timed(function, batches, 2)
             times = {name: [] for name in wrapped}
@@ -147,7 +149,7 @@ def main() -> None:
                     times[name] += timed(function, batches, 1)
             for name, values in times.items():
                 results[(mode, name)] = lookups / np.median(values)
-        names = list(functions)
+        names = list(functions) + ["other mix"]
         print(f"  {'mode':6s}" + "".join(f"{name:>16s}" for name in names) + "   packed/float")
         for mode in modes:
             row = "".join(f"{results[(mode, name)]:16.3g}" for name in names)

@@ -127,7 +127,7 @@ class PackedTable:
             needs_permutation=self.permutation is not None,
         )
 
-    def lookup(self, ids: Any, xla: bool = False) -> tf.Tensor:
+    def lookup(self, ids: Any, xla: bool | None = None) -> tf.Tensor:
         """`lookup_packed` over this table's arrays (as constants)."""
         return lookup_packed(
             ids,
@@ -522,7 +522,7 @@ def lookup_packed(
     input_dim: int,
     step_bit_widths: Sequence[int],
     max_bits: int = MAX_BITS,
-    xla: bool = False,
+    xla: bool | None = None,
 ) -> tf.Tensor:
     """Looks ids up in a packed table: gathers each id's words, unpacks only those.
 
@@ -551,8 +551,12 @@ def lookup_packed(
             sets the window of `(31 + D * max_bits) // 32 + 1` words gathered per id.
         xla: pick the op mix that runs fastest when compiled with XLA (a binary
             search instead of `tf.searchsorted`, a window of words per id instead
-            of a gather per value, arithmetic instead of a gather to dequantize).
-            The values are identical either way; only the speed differs.
+            of a gather per value, arithmetic instead of a gather to dequantize),
+            or the one for TensorFlow's own kernels. The values are identical
+            either way; each mix runs 2 to 6 times slower in the other setting
+            (`benchmarks/serving.py`). None (default) picks the XLA mix inside a
+            `tf.function(jit_compile=True)` (a SavedModel's `serving_xla`, a
+            Keras model compiled with XLA) and the other one elsewhere.
 
     Returns:
         float32 `ids.shape + [D]`; zeros for 0-bit groups and out-of-range ids.
@@ -586,6 +590,8 @@ def lookup_packed(
             f"Received: step_bit_widths={step_bit_widths!r}"
         )
     step_bit_widths = tuple(int(b) for b in step_bit_widths)
+    if xla is None:
+        xla = tf.__internal__.get_enclosing_xla_context() is not None
     ids = tf.convert_to_tensor(ids)
     if not ids.dtype.is_integer:
         raise TypeError(f"`ids` must be integers. Received ids of dtype {ids.dtype.name}.")

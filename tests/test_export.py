@@ -64,6 +64,24 @@ def test_saved_model_outputs_equal_the_retrain_model_in_a_fresh_process(tmp_path
     assert len(stored) - 1 == 10 + (not ordered)
 
 
+def test_each_signature_traces_the_lookup_op_mix_of_its_compiler(tmp_path, monkeypatch):
+    """`serving_default` traces the mix for TensorFlow's kernels, `serving_xla` the
+    one for XLA (the binary group search is only in the latter)."""
+    from keras_mpe import packing
+
+    model, _ = _model()
+    searches = []
+    find_groups = packing._find_groups
+
+    def recording_find_groups(first_rows, rows, binary):
+        searches.append(binary)
+        return find_groups(first_rows, rows, binary)
+
+    monkeypatch.setattr(packing, "_find_groups", recording_find_groups)
+    keras_mpe.export_saved_model(model, str(tmp_path / "export"))
+    assert sorted(set(searches)) == [False, True]
+
+
 def test_export_refuses_a_search_state_model_and_a_full_directory(tmp_path):
     layer = keras_mpe.MixedPrecisionEmbedding(20, 2, num_groups=2)
     inputs = keras.Input(shape=(1,), dtype="int32")

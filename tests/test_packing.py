@@ -228,6 +228,23 @@ def test_xla_lookup_from_variables_matches_eager(layout, xla_ops):
     assert "s64" not in hlo and "u64" not in hlo and "s8" not in hlo
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_the_default_op_mix_follows_the_compiler(jit_compile, monkeypatch):
+    table, steps, offset, candidates, groups, bits = _make_case([5, 6], [2, 4], 3, "ascending", 0)
+    packed = packing.pack_table(table, steps, offset, candidates, groups, bits)
+    searches = []
+    find_groups = packing._find_groups
+
+    def recording_find_groups(first_rows, rows, binary):
+        searches.append(binary)
+        return find_groups(first_rows, rows, binary)
+
+    monkeypatch.setattr(packing, "_find_groups", recording_find_groups)
+    out = tf.function(packed.lookup, jit_compile=jit_compile)(tf.constant([0, 7]))
+    assert searches == [jit_compile]
+    np.testing.assert_array_equal(out.numpy(), packed.lookup([0, 7], xla=False).numpy())
+
+
 @pytest.mark.parametrize("xla_ops", [False, True])
 @pytest.mark.parametrize("dtype", [tf.int32, tf.int64])
 @pytest.mark.parametrize("layout", ["ascending", "shuffled"])
