@@ -4,30 +4,35 @@ For each `input_dim` (default 1e5 and 1e6), D=16, batches of 4096 x 26 ids drawn
 from a Zipf-like distribution, it times, side by side in one run:
 
 - `packed`: `keras_mpe.packing.lookup_packed` over the packed arrays held in
-  `tf.Variable`s (128 frequency-ordered groups at a mix of 0..6 bits, no
-  permutation; `--permuted` shuffles the ids so a packed permutation is needed);
+  `tf.Variable`s: a `MixedPrecisionEmbedding` frozen at a mix of 0..6 bits over its
+  128 groups, frequency-ordered (no permutation; `--permuted` shuffles the ids so a
+  packed permutation is needed);
 - `float gather`: `tf.gather` on the float32 table variable;
 - `keras int4`: Keras 3 `keras.layers.Embedding(...).quantize("int4")` (skipped
   under tf-keras, which has no such method);
+- `exported`: the layer as a one-layer Keras model, exported with
+  `keras_mpe.export_saved_model` and loaded with `tf.saved_model.load`; its
+  `serving_default` in the `graph` row, its `serving_xla` in the `xla` row;
 
 each run op by op (`eager`), as a `tf.function` graph (`graph`, what TF Serving
-runs) and compiled with XLA (`xla`). The packed lookup picks its op mix by itself (the
-one for XLA only under `jit_compile=True`, as an exported `serving_xla` does); the
-`other mix` column forces the other one, to show what the choice is worth. Timings are
-medians over `--repeats` calls after warm-up, interleaved across methods. Printed, not
-asserted.
+runs) and compiled with XLA (`xla`, what `serving_xla` runs; the packed lookup then
+takes its op mix for XLA). Timings are medians over `--repeats` calls after warm-up,
+interleaved across methods. Printed, not asserted.
 
     python benchmarks/serving.py
     python benchmarks/serving.py --input_dims 100000 --repeats 5      # quick
 """
 
 import argparse
+import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 
+import keras_mpe
 from keras_mpe import packing
+from keras_mpe.backend import keras
 
 
 def zipf_ids(rng: np.random.Generator, input_dim: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -42,24 +47,28 @@ def mpe_bits(rng: np.random.Generator, groups: int) -> np.ndarray:
     return np.clip(bits, 0, 6).astype(np.int32)
 
 
-def build_packed(table: np.ndarray, rng: np.random.Generator, permuted: bool):
-    input_dim = table.shape[0]
-    groups = 128
-    sizes = np.full(groups, input_dim // groups)
-    sizes[-1] += input_dim % groups
-    id_to_group = np.repeat(np.arange(groups), sizes)[::-1].copy()  # id 0 most frequent
-    if permuted:
-        id_to_group = rng.permutation(id_to_group)
-    candidates = (0, 1, 2, 3, 4, 5, 6)
-    mean_abs = np.abs(table).mean()
-    steps = (2 * mean_abs / np.sqrt(2.0 ** (np.arange(1, 7) - 1))).astype(np.float32)
-    bits = mpe_bits(rng, groups)
-    start = time.perf_counter()
-    packed = packing.pack_table(
-        table, steps, np.zeros(table.shape[1]), candidates, id_to_group, bits
-    )
-    seconds = time.perf_counter() - start
-    return packed, seconds
+def frozen_layer(
+    table: np.ndarray, rng: np.random.Generator, permuted: bool
+) -> keras_mpe.MixedPrecisionEmbedding:
+    """A retrain-state layer holding `table`, its 128 groups at `mpe_bits`."""
+    input_dim, dim = table.shape
+    frequencies = rng.permutation(input_dim) if permuted else None  # None: id 0 most frequent
+    layer = keras_mpe.MixedPrecisionEmbedding(input_dim, dim, frequencies=frequencies)
+    layer.build()
+    layer.embeddings.assign(table)
+    layer.freeze_precision(mpe_bits(rng, layer.groups))
+    return layer
+
+
+def exported_signatures(layer: keras_mpe.MixedPrecisionEmbedding, fields: int, path: str):
+    """`serving_default` and `serving_xla` of `layer` as an exported one-layer model."""
+    inputs = keras.Input(shape=(fields,), dtype="int32", name="ids")
+    keras_mpe.export_saved_model(keras.Model(inputs, layer(inputs)), path)
+    signatures = tf.saved_model.load(path).signatures
+    return {
+        mode: lambda ids, served=signatures[name]: served(ids=ids)["output_0"]
+        for mode, name in (("graph", "serving_default"), ("xla", "serving_xla"))
+    }
 
 
 def timed(function, batches, repeats: int) -> list[float]:
@@ -83,12 +92,7 @@ def main() -> None:
     parser.add_argument("--permuted", action="store_true", help="ids not frequency-ordered")
     args = parser.parse_args()
 
-    try:
-        import keras
-
-        has_int4 = hasattr(keras.layers.Embedding, "quantize") and keras.__version__ >= "3"
-    except ImportError:  # pragma: no cover
-        has_int4 = False
+    has_int4 = hasattr(keras.layers.Embedding, "quantize") and keras.__version__ >= "3"
     lookups = args.batch * args.fields
     print(
         f"serving lookups/s, TF {tf.__version__}, D={args.dim}, batch {args.batch}x{args.fields}"
@@ -98,7 +102,18 @@ def main() -> None:
     for input_dim in (int(float(v)) for v in args.input_dims.split(",")):
         rng = np.random.default_rng(0)
         table = rng.normal(scale=0.003, size=(input_dim, args.dim)).astype(np.float32)
-        packed, pack_seconds = build_packed(table, rng, args.permuted)
+        layer = frozen_layer(table, rng, args.permuted)
+        start = time.perf_counter()
+        packed = packing.pack_table(
+            layer.embeddings,
+            layer.step_sizes,
+            layer.offset,
+            layer.bit_widths,
+            layer.id_to_group,
+            layer.group_bit_widths,
+        )
+        pack_seconds = time.perf_counter() - start
+        exported = exported_signatures(layer, args.fields, tempfile.mkdtemp())
         report = packed.memory_report()
         packed_vars = {name: tf.Variable(a) for name, a in packed.arrays().items()}
         static = {
@@ -111,8 +126,8 @@ def main() -> None:
             tf.constant(zipf_ids(rng, input_dim, (args.batch, args.fields))) for _ in range(4)
         ]
 
-        def packed_lookup(ids, packed_vars=packed_vars, static=static, xla=None):
-            return packing.lookup_packed(ids, **packed_vars, **static, xla=xla)
+        def packed_lookup(ids, packed_vars=packed_vars, static=static):
+            return packing.lookup_packed(ids, **packed_vars, **static)
 
         def float_gather(ids, table_var=table_var):
             return tf.gather(table_var, ids)
@@ -139,8 +154,8 @@ def main() -> None:
         results = {}
         for mode, wrap in modes.items():
             wrapped = {name: wrap(f) for name, f in functions.items()}
-            other_mix = mode != "xla"
-            wrapped["other mix"] = wrap(lambda ids, xla=other_mix: packed_lookup(ids, xla=xla))
+            if mode in exported:
+                wrapped["exported"] = exported[mode]
             for function in wrapped.values():  # warm up / compile
                 timed(function, batches, 2)
             times = {name: [] for name in wrapped}
@@ -149,10 +164,13 @@ def main() -> None:
                     times[name] += timed(function, batches, 1)
             for name, values in times.items():
                 results[(mode, name)] = lookups / np.median(values)
-        names = list(functions) + ["other mix"]
+        names = list(functions) + ["exported"]
         print(f"  {'mode':6s}" + "".join(f"{name:>16s}" for name in names) + "   packed/float")
         for mode in modes:
-            row = "".join(f"{results[(mode, name)]:16.3g}" for name in names)
+            row = "".join(
+                f"{results[(mode, name)]:16.3g}" if (mode, name) in results else f"{'-':>16s}"
+                for name in names
+            )
             ratio = results[(mode, "packed")] / results[(mode, "float gather")]
             extra = ""
             if has_int4:

@@ -28,9 +28,9 @@ the step sizes belong to) are kept as Python values, like a graph's static shape
 id's row (unpacking the permutation if there is one) and group, gathers only the
 words holding the id's codes and unpacks those, with 32-bit integer arithmetic (no
 int64, no shifts of 8-bit integers); it compiles with XLA. Values are
-``(code - 2**(b-1)) * step_size_b + offset`` rounded once, like the fused
-multiply-add that training's XLA-compiled quantizer computes, so a packed lookup
-equals the retrain-state layer's output bit for bit, compiled or not.
+``(code - 2**(b-1)) * step_size_b + offset`` rounded once, as the fused multiply-add
+of training's XLA-compiled quantizer, so a packed lookup equals the retrain-state
+layer's output bit for bit, compiled or not.
 
 Example:
 
@@ -127,7 +127,7 @@ class PackedTable:
             needs_permutation=self.permutation is not None,
         )
 
-    def lookup(self, ids: Any, xla: bool | None = None) -> tf.Tensor:
+    def lookup(self, ids: Any) -> tf.Tensor:
         """`lookup_packed` over this table's arrays (as constants)."""
         return lookup_packed(
             ids,
@@ -141,7 +141,6 @@ class PackedTable:
             input_dim=self.input_dim,
             step_bit_widths=self.step_bit_widths,
             max_bits=self.max_bits,
-            xla=xla,
         )
 
 
@@ -522,7 +521,6 @@ def lookup_packed(
     input_dim: int,
     step_bit_widths: Sequence[int],
     max_bits: int = MAX_BITS,
-    xla: bool | None = None,
 ) -> tf.Tensor:
     """Looks ids up in a packed table: gathers each id's words, unpacks only those.
 
@@ -532,9 +530,15 @@ def lookup_packed(
     variables (a variable is gathered from, never read whole, except the `[G]`
     first rows).
 
-    Values are `(code - 2**(b-1)) * step_size_b + offset` rounded once, as the fused
-    multiply-add that training's XLA kernels compute (see `fused_multiply_add`), so
-    they equal the retrain-state layer's outputs bit for bit, with or without XLA.
+    Two op mixes give the same values; each runs 2 to 6 times slower in the other's
+    setting. Inside a `tf.function(jit_compile=True)` (a SavedModel's `serving_xla`,
+    a Keras model compiled with XLA) the lookup finds groups by a binary search
+    rather than `tf.searchsorted`, gathers a window of words per id rather than
+    words per value, and dequantizes with a plain multiply-add, which XLA fuses into
+    one rounding as it does in training's kernels. Elsewhere it dequantizes through
+    a small table of every value, computed with `fused_multiply_add`. Either way
+    the values are `(code - 2**(b-1)) * step_size_b + offset` rounded once and
+    equal the retrain-state layer's outputs bit for bit.
 
     Args:
         ids: integer ids, any shape. Ids outside `[0, input_dim)` give zero vectors.
@@ -547,16 +551,8 @@ def lookup_packed(
         permutation: uint32 packed id-to-row words, or None for contiguous groups.
         input_dim: V (Python int).
         step_bit_widths: the K non-zero bit-widths of `step_sizes` (Python ints).
-        max_bits: an upper bound of `group_bits` (Python int); with `xla=True` it
-            sets the window of `(31 + D * max_bits) // 32 + 1` words gathered per id.
-        xla: pick the op mix that runs fastest when compiled with XLA (a binary
-            search instead of `tf.searchsorted`, a window of words per id instead
-            of a gather per value, arithmetic instead of a gather to dequantize),
-            or the one for TensorFlow's own kernels. The values are identical
-            either way; each mix runs 2 to 6 times slower in the other setting
-            (`benchmarks/serving.py`). None (default) picks the XLA mix inside a
-            `tf.function(jit_compile=True)` (a SavedModel's `serving_xla`, a
-            Keras model compiled with XLA) and the other one elsewhere.
+        max_bits: an upper bound of `group_bits` (Python int); under XLA it sets
+            the window of `(31 + D * max_bits) // 32 + 1` words gathered per id.
 
     Returns:
         float32 `ids.shape + [D]`; zeros for 0-bit groups and out-of-range ids.
@@ -590,8 +586,7 @@ def lookup_packed(
             f"Received: step_bit_widths={step_bit_widths!r}"
         )
     step_bit_widths = tuple(int(b) for b in step_bit_widths)
-    if xla is None:
-        xla = tf.__internal__.get_enclosing_xla_context() is not None
+    xla = tf.__internal__.get_enclosing_xla_context() is not None
     ids = tf.convert_to_tensor(ids)
     if not ids.dtype.is_integer:
         raise TypeError(f"`ids` must be integers. Received ids of dtype {ids.dtype.name}.")
@@ -663,15 +658,9 @@ def lookup_packed(
         half = tf.where(bits > 0, tf.bitwise.left_shift(1, tf.maximum(bits - 1, 0)), 0)
         step_index = np.zeros(MAX_BITS + 1, np.int32)
         step_index[list(step_bit_widths)] = np.arange(1, len(step_bit_widths) + 1)
-        step_high, step_low = _split_step_sizes(
-            tf.gather(tf.concat([tf.ones([1]), step_sizes], axis=0), step_index)
-        )
-        values = fused_multiply_add(
-            tf.cast(tf.cast(codes, tf.int32) - half[:, None], tf.float32),
-            tf.gather(step_high, bits)[:, None],
-            tf.gather(step_low, bits)[:, None],
-            offset,
-        )
+        steps = tf.gather(tf.concat([tf.ones([1]), step_sizes], axis=0), step_index)
+        centered = tf.cast(tf.cast(codes, tf.int32) - half[:, None], tf.float32)
+        values = centered * tf.gather(steps, bits)[:, None] + offset  # one FMA under XLA
         values = tf.where((bits > 0)[:, None], values, tf.zeros_like(values))
     else:
         codebook, base = _codebook(step_sizes, offset, step_bit_widths)

@@ -54,6 +54,11 @@ def _expected(table, steps, offset, candidates, groups, bits, ids):
     ).numpy()
 
 
+def _compiled_lookup(packed, ids):
+    """`packed.lookup` compiled with XLA, which takes the lookup's XLA op mix."""
+    return tf.function(packed.lookup, jit_compile=True)(tf.constant(ids)).numpy()
+
+
 def _report(table, steps, groups, bits):
     return precision.memory_report(
         rows_per_group=np.bincount(groups, minlength=bits.size),
@@ -90,7 +95,7 @@ def test_round_trip_equals_lsq_quantize(case):
     ids = np.random.default_rng(seed).permutation(table.shape[0])
     expected = _expected(table, steps, offset, candidates, groups, bits, ids)
     np.testing.assert_array_equal(packed.lookup(ids).numpy(), expected)
-    np.testing.assert_array_equal(packed.lookup(ids, xla=True).numpy(), expected)
+    np.testing.assert_array_equal(_compiled_lookup(packed, ids), expected)
     assert packed.nbytes == _report(table, steps, groups, bits)["total_bytes"]
     assert (packed.permutation is None) == grouping.groups_are_contiguous(groups)
 
@@ -106,7 +111,7 @@ def test_every_bit_width_round_trips(dim, layout):
     ids = np.arange(table.shape[0])
     expected = _expected(table, steps, offset, candidates, groups, bits, ids)
     np.testing.assert_array_equal(packed.lookup(ids).numpy(), expected)
-    np.testing.assert_array_equal(packed.lookup(ids, xla=True).numpy(), expected)
+    np.testing.assert_array_equal(_compiled_lookup(packed, ids), expected)
     assert np.count_nonzero(expected[bits[groups] == 8]) > 0
     assert not np.any(expected[bits[groups] == 0])
 
@@ -174,7 +179,7 @@ def test_empty_group_is_skipped():
         table, np.array([0.5, 0.1, 0.02]), np.zeros(4), (2, 4, 6), groups, bits, ids
     )
     np.testing.assert_array_equal(packed.lookup(ids).numpy(), expected)
-    np.testing.assert_array_equal(packed.lookup(ids, xla=True).numpy(), expected)
+    np.testing.assert_array_equal(_compiled_lookup(packed, ids), expected)
 
 
 @pytest.mark.parametrize("groups", [1, 2, 5, 128, 129])
@@ -192,9 +197,8 @@ def _as_variables(packed):
     return {name: tf.Variable(array) for name, array in packed.arrays().items()}
 
 
-@pytest.mark.parametrize("xla_ops", [False, True])
 @pytest.mark.parametrize("layout", ["descending", "shuffled"])
-def test_xla_lookup_from_variables_matches_eager(layout, xla_ops):
+def test_xla_lookup_from_variables_matches_eager(layout):
     sizes, bits = [40, 1, 33, 64, 90], [0, 8, 3, 5, 1]
     table, steps, offset, candidates, groups, bits = _make_case(sizes, bits, 16, layout, 1)
     packed = packing.pack_table(table, steps, offset, candidates, groups, bits)
@@ -210,7 +214,6 @@ def test_xla_lookup_from_variables_matches_eager(layout, xla_ops):
             input_dim=packed.input_dim,
             step_bit_widths=packed.step_bit_widths,
             max_bits=packed.max_bits,
-            xla=xla_ops,
         )
 
     ids = np.random.default_rng(2).integers(-5, table.shape[0] + 5, size=(64, 26))
@@ -242,17 +245,18 @@ def test_the_default_op_mix_follows_the_compiler(jit_compile, monkeypatch):
     monkeypatch.setattr(packing, "_find_groups", recording_find_groups)
     out = tf.function(packed.lookup, jit_compile=jit_compile)(tf.constant([0, 7]))
     assert searches == [jit_compile]
-    np.testing.assert_array_equal(out.numpy(), packed.lookup([0, 7], xla=False).numpy())
+    np.testing.assert_array_equal(out.numpy(), packed.lookup([0, 7]).numpy())
 
 
-@pytest.mark.parametrize("xla_ops", [False, True])
+@pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("dtype", [tf.int32, tf.int64])
 @pytest.mark.parametrize("layout", ["ascending", "shuffled"])
-def test_out_of_range_ids_give_zeros(dtype, layout, xla_ops):
+def test_out_of_range_ids_give_zeros(dtype, layout, jit_compile):
     table, steps, offset, candidates, groups, bits = _make_case([5, 6], [2, 4], 3, layout, 4)
     packed = packing.pack_table(table, steps, offset, candidates, groups, bits)
     bad = [-1, 11, 12, -(2**31)] + ([2**40, -(2**40)] if dtype == tf.int64 else [2**31 - 1])
-    out = packed.lookup(tf.constant([[0] + bad], dtype), xla=xla_ops).numpy()
+    lookup = tf.function(packed.lookup, jit_compile=jit_compile)
+    out = lookup(tf.constant([[0] + bad], dtype)).numpy()
     assert out.shape == (1, len(bad) + 1, 3)
     assert np.any(out[0, 0]) and not np.any(out[0, 1:])
 
@@ -270,8 +274,8 @@ def test_all_groups_pruned_stores_no_payload():
     table = np.ones((10, 4), np.float32)
     packed = packing.pack_table(table, [0.1], np.full(4, 0.5), (0, 2), np.zeros(10, int), [0])
     assert packed.words.size == 0 and packed.max_bits == 0
-    for xla_ops in (False, True):
-        out = packed.lookup([3, 20], xla=xla_ops).numpy()
+    for jit_compile in (False, True):
+        out = tf.function(packed.lookup, jit_compile=jit_compile)(tf.constant([3, 20])).numpy()
         np.testing.assert_array_equal(out, np.zeros((2, 4)))
 
 
@@ -294,7 +298,7 @@ def test_matches_the_retrain_layer():
     )
     ids = rng.integers(-3, 303, size=(50, 7)).astype(np.int32)
     np.testing.assert_array_equal(packed.lookup(ids).numpy(), layer(ids).numpy())
-    np.testing.assert_array_equal(packed.lookup(ids, xla=True).numpy(), layer(ids).numpy())
+    np.testing.assert_array_equal(_compiled_lookup(packed, ids), layer(ids).numpy())
     assert packed.nbytes == layer.memory_report()["total_bytes"]
 
 
