@@ -165,18 +165,21 @@ def main() -> None:
             for name, values in times.items():
                 results[(mode, name)] = lookups / np.median(values)
         names = list(functions) + ["exported"]
-        print(f"  {'mode':6s}" + "".join(f"{name:>16s}" for name in names) + "   packed/float")
+        print(f"  {'mode':6s}" + "".join(f"{name:>14s}" for name in names) + "   ratios")
         for mode in modes:
             row = "".join(
-                f"{results[(mode, name)]:16.3g}" if (mode, name) in results else f"{'-':>16s}"
+                f"{results[(mode, name)]:14.3g}" if (mode, name) in results else f"{'-':>14s}"
                 for name in names
             )
-            ratio = results[(mode, "packed")] / results[(mode, "float gather")]
-            extra = ""
+            ratios = [("packed/float", "packed", "float gather")]
             if has_int4:
-                versus_int4 = results[(mode, "packed")] / results[(mode, "keras int4")]
-                extra = f"   packed/int4 {versus_int4:.1f}x"
-            print(f"  {mode:6s}{row}   {ratio:10.2f}x{extra}")
+                ratios.append(("packed/int4", "packed", "keras int4"))
+            if mode in exported:
+                ratios.append(("exported/float", "exported", "float gather"))
+            text = ", ".join(
+                f"{label} {results[(mode, a)] / results[(mode, b)]:.2f}x" for label, a, b in ratios
+            )
+            print(f"  {mode:6s}{row}   {text}")
 
 
 if __name__ == "__main__":
