@@ -1,4 +1,5 @@
-"""The examples and the demo, run with `--smoke` in a fresh process.
+"""The examples and the demo, run with `--smoke` in a fresh process, and the train-step
+and serving benchmarks, run at a toy size.
 
 Each script runs in the Keras flavour it is written for, in the CI pass of that flavour:
 the TFRS examples (which force tf-keras themselves) in the `TF_USE_LEGACY_KERAS=1`
@@ -20,6 +21,7 @@ from keras_mpe.datasets import MovieLensUnavailableError, load_movielens
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+BENCHMARKS = ROOT / "benchmarks"
 TIMEOUT = 300  # seconds; a smoke run takes well under one minute on 2 cores
 
 tf_keras_only = pytest.mark.skipif(
@@ -169,5 +171,30 @@ def test_demo_smoke_falls_back_to_synthetic_data_without_movielens(tmp_path):
             r"^=== keras-mpe demo summary \(SYNTHETIC data\) ===$",
             r"^data: +SYNTHETIC click data",
             *DEMO_SUMMARY,
+        ],
+    )
+
+
+def test_train_step_benchmark_runs_at_a_toy_size():
+    arguments = ["--input_dim", "1000", "--steps", "2", "--batch", "64", "--hidden", "8"]
+    output = _run([str(BENCHMARKS / "train_step.py"), *arguments], legacy_keras=not IS_KERAS_3)
+    _assert_lines(
+        output,
+        [rf"^  {name} +{NUMBER} ms +{NUMBER}x$" for name in ("embedding", "search", "retrain")],
+    )
+
+
+def test_serving_benchmark_runs_at_a_toy_size():
+    arguments = ["--input_dims", "3000", "--repeats", "1", "--batch", "32", "--fields", "4"]
+    output = _run([str(BENCHMARKS / "serving.py"), *arguments], legacy_keras=not IS_KERAS_3)
+    rate = r"[\d.e+]+"
+    int4 = rf" +{rate}" if IS_KERAS_3 else ""  # tf-keras has no int4 Embedding
+    _assert_lines(
+        output,
+        [
+            rf"^input_dim=3000: packed {NUMBER} MiB",
+            rf"^  eager +{rate} +{rate}{int4} +- +packed/float {NUMBER}x",
+            rf"^  graph +{rate} +{rate}{int4} +{rate} +packed/float .*exported/float {NUMBER}x$",
+            rf"^  xla +{rate} +{rate}{int4} +{rate} +packed/float .*exported/float {NUMBER}x$",
         ],
     )
