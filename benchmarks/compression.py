@@ -317,7 +317,7 @@ def read_results(path: str) -> tuple[list[str], list[dict]]:
     """The run lines and method rows of a results file this script wrote."""
     with open(path) as file:
         lines = file.read().splitlines()
-    runs = [line for line in lines if "Command: `" in line]
+    runs = [line.removeprefix("- ") for line in lines if "Command: `" in line]
     rows = []
     for line in lines:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
