@@ -408,14 +408,25 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         if self.search_forward == "expectation":
             return probabilities
         if training:
-            seed = tf.convert_to_tensor(self.sampling_seed)
-            self.sampling_seed.assign_add([0, 1])
-            logits = self.precision_logits / self.temperature
-            index = tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
+            # Frozen widths ignore the weights: draw (and advance the seed) only while
+            # searching. The condition is on the integer index, off the gradient path.
+            index = tf.cond(
+                self.precision_frozen > 0,
+                lambda: tf.zeros([self.groups], tf.int32),
+                self._draw_widths,
+            )
         else:
             index = precision.selected_index(self._probabilities(self.initial_temperature))
         one_hot = tf.one_hot(index, len(self.bit_widths))
         return probabilities + tf.stop_gradient(one_hot - probabilities)
+
+    def _draw_widths(self) -> tf.Tensor:
+        """One candidate index per group, drawn from the softmax at the current
+        temperature, keyed by `sampling_seed`, which advances by one draw."""
+        seed = tf.convert_to_tensor(self.sampling_seed)
+        self.sampling_seed.assign_add([0, 1])
+        logits = self.precision_logits / self.temperature
+        return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
 
     def _expected_bits(self) -> tf.Tensor:
         return tf.linalg.matvec(self._probabilities(), tf.constant(self.bit_widths, tf.float32))

@@ -631,6 +631,17 @@ def test_sampled_widths_follow_the_softmax_and_replay_from_the_seed():
     np.testing.assert_array_equal(layer._search_weights(training=True).numpy(), first)
 
 
+def test_retrain_state_draws_no_widths():
+    layer = _layer(60, 4, num_groups=6, bit_widths=(0, 2, 4))
+    layer.freeze_precision([0, 2, 4, 4, 2, 0])
+    ids = np.arange(60)
+    out = layer(ids, training=True).numpy()
+    assert layer.sampling_seed.numpy()[1] == 0  # no draw
+    np.testing.assert_allclose(
+        out, _retrain_reference(layer, ids, np.array([0, 2, 4, 4, 2, 0])), atol=1e-6
+    )
+
+
 def test_sampled_search_scores_the_selected_widths_outside_training():
     layer = _layer(60, 4, num_groups=6, bit_widths=(0, 2, 4), temperature=3e-3)
     layer.precision_logits.assign(np.random.default_rng(5).normal(size=(6, 3)) * 0.01)
