@@ -60,13 +60,15 @@ def frozen_layer(
     return layer
 
 
-def exported_signatures(layer: keras_mpe.MixedPrecisionEmbedding, fields: int, path: str):
+def exported_signatures(layer: keras_mpe.MixedPrecisionEmbedding, fields: int):
     """`serving_default` and `serving_xla` of `layer` as an exported one-layer model."""
     inputs = keras.Input(shape=(fields,), dtype="int32", name="ids")
-    keras_mpe.export_saved_model(keras.Model(inputs, layer(inputs)), path)
-    signatures = tf.saved_model.load(path).signatures
+    with tempfile.TemporaryDirectory() as path:
+        keras_mpe.export_saved_model(keras.Model(inputs, layer(inputs)), path)
+        loaded = tf.saved_model.load(path)
+    # the signatures hold their variables weakly: each call keeps `loaded` alive
     return {
-        mode: lambda ids, served=signatures[name]: served(ids=ids)["output_0"]
+        mode: lambda ids, name=name, loaded=loaded: loaded.signatures[name](ids=ids)["output_0"]
         for mode, name in (("graph", "serving_default"), ("xla", "serving_xla"))
     }
 
@@ -113,7 +115,7 @@ def main() -> None:
             layer.group_bit_widths,
         )
         pack_seconds = time.perf_counter() - start
-        exported = exported_signatures(layer, args.fields, tempfile.mkdtemp())
+        exported = exported_signatures(layer, args.fields)
         report = packed.memory_report()
         packed_vars = {name: tf.Variable(a) for name, a in packed.arrays().items()}
         static = {

@@ -530,12 +530,14 @@ def lookup_packed(
     variables (a variable is gathered from, never read whole, except the `[G]`
     first rows).
 
-    Two op mixes, each the faster one in its setting, give the same values. Inside
-    a `tf.function(jit_compile=True)` (a SavedModel's `serving_xla`, a Keras model
+    Two op mixes, each the faster one in its setting, give the same values; the
+    mix is chosen when the lookup is traced. Traced inside a
+    `tf.function(jit_compile=True)` (a SavedModel's `serving_xla`, a Keras model
     compiled with XLA) the lookup finds groups by a binary search rather than
     `tf.searchsorted`, gathers a window of words per id rather than words per value,
     and dequantizes with a plain multiply-add, which XLA fuses into one rounding as
-    it does in training's kernels. Elsewhere it dequantizes through a small table of
+    it does in training's kernels (on targets with a fused multiply-add; tested on
+    x86-64 CPUs). Elsewhere it dequantizes through a small table of
     every value, computed with `fused_multiply_add`. Either way the values are
     `(code - 2**(b-1)) * step_size_b + offset` rounded once and equal the
     retrain-state layer's outputs bit for bit.

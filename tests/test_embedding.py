@@ -631,12 +631,20 @@ def test_sampled_widths_follow_the_softmax_and_replay_from_the_seed():
     np.testing.assert_array_equal(layer._search_weights(training=True).numpy(), first)
 
 
-def test_retrain_state_draws_no_widths():
+@pytest.mark.parametrize("jit_compile", [None, False, True])  # eager, graph, XLA
+def test_only_the_search_state_draws_widths(jit_compile):
     layer = _layer(60, 4, num_groups=6, bit_widths=(0, 2, 4))
-    layer.freeze_precision([0, 2, 4, 4, 2, 0])
     ids = np.arange(60)
-    out = layer(ids, training=True).numpy()
-    assert layer.sampling_seed.numpy()[1] == 0  # no draw
+
+    def train_call():
+        return layer(ids, training=True)
+
+    call = train_call if jit_compile is None else tf.function(train_call, jit_compile=jit_compile)
+    call()
+    assert layer.sampling_seed.numpy()[1] == 1  # one draw while searching
+    layer.freeze_precision([0, 2, 4, 4, 2, 0])
+    out = call().numpy()
+    assert layer.sampling_seed.numpy()[1] == 1  # none once frozen
     np.testing.assert_allclose(
         out, _retrain_reference(layer, ids, np.array([0, 2, 4, 4, 2, 0])), atol=1e-6
     )

@@ -74,12 +74,13 @@ def test_each_signature_traces_the_lookup_op_mix_of_its_compiler(tmp_path, monke
     find_groups = packing._find_groups
 
     def recording_find_groups(first_rows, rows, binary):
-        searches.append(binary)
+        compiled = tf.__internal__.get_enclosing_xla_context() is not None
+        searches.append((compiled, binary))
         return find_groups(first_rows, rows, binary)
 
     monkeypatch.setattr(packing, "_find_groups", recording_find_groups)
     keras_mpe.export_saved_model(model, str(tmp_path / "export"))
-    assert sorted(set(searches)) == [False, True]
+    assert sorted(set(searches)) == [(False, False), (True, True)]
 
 
 def test_export_refuses_a_search_state_model_and_a_full_directory(tmp_path):
