@@ -106,14 +106,7 @@ def main() -> None:
         table = rng.normal(scale=0.003, size=(input_dim, args.dim)).astype(np.float32)
         layer = frozen_layer(table, rng, args.permuted)
         start = time.perf_counter()
-        packed = packing.pack_table(
-            layer.embeddings,
-            layer.step_sizes,
-            layer.offset,
-            layer.bit_widths,
-            layer.id_to_group,
-            layer.group_bit_widths,
-        )
+        packed = layer.packed_table()
         pack_seconds = time.perf_counter() - start
         exported = exported_signatures(layer, args.fields)
         report = packed.memory_report()

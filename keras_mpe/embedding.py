@@ -537,13 +537,44 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         )
 
     # ----------------------------------------------------------------- packing
+    def packed_table(self) -> packing.PackedTable:
+        """The packed arrays of this retrain-state layer's table, without changing it.
+
+        `keras_mpe.packing.pack_table` of the float table at the frozen bit-widths:
+        what `pack()` stores, and what `memory_report()` counts.
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(1000, 16, num_groups=4)
+        >>> layer.build()
+        >>> layer.freeze_precision([0, 0, 2, 4])
+        >>> table = layer.packed_table()
+        >>> table.nbytes == layer.memory_report()["total_bytes"], layer.state
+        (True, 'retrain')
+        """
+        if not self.built or self.state != RETRAIN:
+            state = self.state if self.built else "unbuilt"
+            raise ValueError(
+                f"Layer '{self.name}' is in the {state} state; only a retrain-state layer "
+                "can be packed. Run the search (`PrecisionSearch`) or call "
+                "`freeze_precision()` first."
+            )
+        return packing.pack_table(
+            self.embeddings.numpy(),
+            self.step_sizes.numpy(),
+            self.offset.numpy(),
+            self.bit_widths,
+            self.id_to_group.numpy(),
+            self.group_bit_widths.numpy(),
+        )
+
     def pack(self) -> None:
         """Moves a retrain-state layer to the packed state, for inference and export.
 
         The float table and the search state are dropped; the table is kept as codes
-        bit-packed into uint32 words (`keras_mpe.packing.pack_table`), bit-exact with
-        the retrain state's outputs, plus the step sizes, the offset, three int32 per
-        group and, when groups are not contiguous id ranges, a packed permutation.
+        bit-packed into uint32 words (`packed_table()`), bit-exact with the retrain
+        state's outputs, plus the step sizes, the offset, three int32 per group and,
+        when groups are not contiguous id ranges, a packed permutation.
 
         Example:
 
@@ -555,28 +586,15 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         >>> bool((layer(np.arange(1000)).numpy() == before).all()), layer.state
         (True, 'packed')
         """
-        if not self.built or self.state != RETRAIN:
-            state = self.state if self.built else "unbuilt"
-            raise ValueError(
-                f"Layer '{self.name}' is in the {state} state; only a retrain-state layer "
-                "can be packed. Run the search (`PrecisionSearch`) or call "
-                "`freeze_precision()` first."
-            )
-        step_sizes, offset = self.step_sizes.numpy(), self.offset.numpy()
-        table = packing.pack_table(
-            self.embeddings.numpy(),
-            step_sizes,
-            offset,
-            self.bit_widths,
-            self.id_to_group.numpy(),
-            self.group_bit_widths.numpy(),
-        )
+        table = self.packed_table()
         if IS_KERAS_3:
             self._tracker.unlock()
         for name in list(self._named_variables()):
             delattr(self, name)
         arrays = {name: table.arrays()[name] for name in PACKED_ARRAYS if name in table.arrays()}
-        self._add_packed_variables({**arrays, "step_sizes": step_sizes, "offset": offset})
+        self._add_packed_variables(
+            {**arrays, "step_sizes": table.step_sizes, "offset": table.offset}
+        )
         if IS_KERAS_3:
             self._tracker.lock()
         self._packed_max_bits = table.max_bits

@@ -288,14 +288,7 @@ def test_matches_the_retrain_layer():
     layer.adapt(rng.zipf(1.3, size=2000) % 300)
     layer.relative_offset.assign(rng.normal(scale=0.3, size=12).astype(np.float32))
     layer.freeze_precision(rng.choice([0, 1, 2, 4, 8], size=9).astype(np.int32))
-    packed = packing.pack_table(
-        layer.embeddings,
-        layer.step_sizes,
-        layer.offset,
-        layer.bit_widths,
-        layer.id_to_group,
-        layer.group_bit_widths,
-    )
+    packed = layer.packed_table()
     ids = rng.integers(-3, 303, size=(50, 7)).astype(np.int32)
     np.testing.assert_array_equal(packed.lookup(ids).numpy(), layer(ids).numpy())
     np.testing.assert_array_equal(_compiled_lookup(packed, ids), layer(ids).numpy())
