@@ -3,10 +3,9 @@
 For each `input_dim` (default 1e5 and 1e6), D=16, batches of 4096 x 26 ids drawn
 from a Zipf-like distribution, it times, side by side in one run:
 
-- `packed`: `keras_mpe.packing.lookup_packed` over the packed arrays held in
-  `tf.Variable`s: a `MixedPrecisionEmbedding` frozen at a mix of 0..6 bits over its
-  128 groups, frequency-ordered (no permutation; `--permuted` shuffles the ids so a
-  packed permutation is needed);
+- `packed`: a `keras_mpe.PackedEmbedding` made from a `MixedPrecisionEmbedding`
+  frozen at a mix of 0..6 bits over its 128 groups, frequency-ordered (no
+  permutation; `--permuted` shuffles the ids so a packed permutation is needed);
 - `float gather`: `tf.gather` on the float32 table variable;
 - `keras int4`: Keras 3 `keras.layers.Embedding(...).quantize("int4")` (skipped
   under tf-keras, which has no such method);
@@ -31,7 +30,6 @@ import numpy as np
 import tensorflow as tf
 
 import keras_mpe
-from keras_mpe import packing
 from keras_mpe.backend import keras
 
 
@@ -110,19 +108,14 @@ def main() -> None:
         pack_seconds = time.perf_counter() - start
         exported = exported_signatures(layer, args.fields)
         report = packed.memory_report()
-        packed_vars = {name: tf.Variable(a) for name, a in packed.arrays().items()}
-        static = {
-            "input_dim": packed.input_dim,
-            "step_bit_widths": packed.step_bit_widths,
-            "max_bits": packed.max_bits,
-        }
+        twin = keras_mpe.PackedEmbedding.from_layer(layer)
         table_var = tf.Variable(table)
         batches = [
             tf.constant(zipf_ids(rng, input_dim, (args.batch, args.fields))) for _ in range(4)
         ]
 
-        def packed_lookup(ids, packed_vars=packed_vars, static=static):
-            return packing.lookup_packed(ids, **packed_vars, **static)
+        def packed_lookup(ids, twin=twin):
+            return twin(ids)
 
         def float_gather(ids, table_var=table_var):
             return tf.gather(table_var, ids)

@@ -108,7 +108,7 @@ def main() -> None:
     mpe_auc, mpe_logloss = evaluate(model, x_test, y_test)
 
     report = search.reports[layer.name]
-    bits = np.bincount(report["bits_per_group"], minlength=max(layer.bit_widths) + 1)
+    bits = np.bincount(report["group_bits"], minlength=max(layer.bit_widths) + 1)
     print(f"\nSummary: CTR on {data.description}")
     print(f"  {'model':<36} {'test AUC':>8} {'log loss':>9} {'table bytes':>12}")
     print(

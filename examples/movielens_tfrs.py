@@ -152,7 +152,7 @@ def describe_reports(reports: dict) -> list[str]:
     """One line per table of a `PrecisionSearch.reports` dict."""
     lines = []
     for name, report in reports.items():
-        bits = np.bincount(report["bits_per_group"], minlength=7)
+        bits = np.bincount(report["group_bits"], minlength=7)
         lines.append(
             f"  {name}: {report['compression_ratio']:.1f}x with overhead "
             f"({report['payload_compression_ratio']:.1f}x payload only), average bits "

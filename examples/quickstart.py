@@ -86,7 +86,7 @@ def main() -> None:
     mpe_auc = model.evaluate(x_test, y_test, verbose=0, return_dict=True)["auc"]
 
     report = layer.memory_report()
-    histogram = np.bincount(report["bits_per_group"], minlength=max(layer.bit_widths) + 1)
+    histogram = np.bincount(report["group_bits"], minlength=max(layer.bit_widths) + 1)
     print(f"\nresults on {data.description}")
     print(f"  test AUC  float32 Embedding:        {float_auc:.4f}")
     print(f"  test AUC  MixedPrecisionEmbedding:  {mpe_auc:.4f}")

@@ -4,12 +4,14 @@ from keras_mpe.callbacks import PrecisionSearch
 from keras_mpe.embedding import MixedPrecisionEmbedding
 from keras_mpe.export import export_saved_model
 from keras_mpe.inspection import inspect
+from keras_mpe.packed_embedding import PackedEmbedding
 from keras_mpe.plotting import plot_precision
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MixedPrecisionEmbedding",
+    "PackedEmbedding",
     "PrecisionSearch",
     "__version__",
     "export_saved_model",

@@ -4,6 +4,8 @@ With `TF_USE_LEGACY_KERAS=1` set before the import this is tf-keras (which Tenso
 Recommenders needs); otherwise it is Keras 3.
 """
 
+from typing import Any
+
 import tensorflow as tf
 
 keras = tf.keras
@@ -28,3 +30,33 @@ def set_variable_trainable(layer, variable, trainable: bool) -> None:
     if any(v is variable for v in source):
         source[:] = [v for v in source if v is not variable]
         target.append(variable)
+
+
+def tf_variable(weight: Any) -> tf.Variable:
+    """The `tf.Variable` that holds a Keras weight's value.
+
+    Gather from it, not from the Keras 3 wrapper: `tf.gather` converts a Keras 3
+    variable to a tensor first (reading it whole), while on a `tf.Variable` it is a
+    `ResourceGather`, which reads only the gathered rows, in device memory.
+
+    Track it, not the wrapper, in a SavedModel. A Keras 3 variable wraps a
+    `tf.Variable` (its `value`), and the serving functions capture that inner
+    variable's handle. Tracked as is, a Keras 3 variable exports
+    its inner variable for the captures and then builds a second graph variable
+    initialized from the first, which is the one its checkpoint entry restores.
+    `tf.saved_model.load` binds the captures through the object graph and never
+    notices; the TF1 session loader (`saved_model_cli run`, the C API, TF Serving)
+    runs the saver's restore op, which fills only the second variable, so the
+    functions read variables that were never restored ("Could not find variable").
+    Tracking the inner `tf.Variable` gives one graph variable per weight, read by
+    the functions and restored by the saver. (Upstream reports of the symptom:
+    keras-team/keras#19274 and #20095, tensorflow/serving#2250.)
+    """
+    if IS_KERAS_3:
+        weight = weight.value  # a property in Keras 3 (a method of tf.Variable)
+    if not isinstance(weight, tf.Variable):
+        raise TypeError(
+            f"Weight {getattr(weight, 'name', weight)!r} is a {type(weight).__name__}; "
+            "export needs weights backed by a tf.Variable (the TensorFlow backend)."
+        )
+    return weight

@@ -10,8 +10,7 @@ import tensorflow as tf
 
 from keras_mpe import precision
 from keras_mpe.backend import keras
-from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding
-from keras_mpe.export import find_mixed_precision_layers
+from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding, find_mixed_precision_layers
 
 # With `target_compression`, the bit penalty is updated this many times over a search
 # (at least every step when the search is shorter) ...
@@ -202,15 +201,15 @@ class PrecisionSearch(keras.callbacks.Callback):
                 "the search needs no PrecisionSearch."
             )
         if self.initial_temperature is not None:
-            if self.initial_temperature < layer.initial_temperature:
+            if self.initial_temperature < layer.final_temperature:
                 raise ValueError(
                     f"`initial_temperature` must be >= the temperature of layer "
-                    f"'{layer.name}' ({layer.initial_temperature}), the value the schedule "
+                    f"'{layer.name}' ({layer.final_temperature}), the value the schedule "
                     f"ends at. Received: initial_temperature={self.initial_temperature!r}"
                 )
         if self.target_compression is not None:
             lowest = np.full(layer.groups, min(layer.bit_widths))
-            best = layer.memory_report(bit_widths=lowest)["compression_ratio"]
+            best = layer.memory_report(group_bits=lowest)["compression_ratio"]
             if best < self.target_compression:
                 raise ValueError(
                     f"`target_compression` {self.target_compression} is out of reach for "
@@ -244,7 +243,7 @@ class PrecisionSearch(keras.callbacks.Callback):
             return
         progress = min(1.0, progress)
         for layer in self._layers:
-            final = layer.initial_temperature
+            final = layer.final_temperature
             layer.temperature.assign(
                 self.initial_temperature * (final / self.initial_temperature) ** progress
             )
@@ -300,8 +299,8 @@ class PrecisionSearch(keras.callbacks.Callback):
         ):
             for name, value in state.items():
                 getattr(layer, name).assign(value)
-            layer.temperature.assign(layer.initial_temperature)
-            bits = layer.select_bit_widths()
+            layer.temperature.assign(layer.final_temperature)
+            bits = layer.select_group_bits()
             if self.target_compression is not None:
                 bits = fit_to_budget(layer, bits, self.target_compression)
             layer.freeze_precision(bits)
@@ -338,7 +337,7 @@ class PrecisionSearch(keras.callbacks.Callback):
                 f"{self.monitor}={self._best_value:.5g}"
             )
             lines.append(f"  {'bits':>4} {'groups':>7} {'rows':>10}")
-            bits, rows = report["bits_per_group"], report["rows_per_group"]
+            bits, rows = report["group_bits"], report["rows_per_group"]
             for width in layer.bit_widths:
                 chosen = bits == width
                 lines.append(f"  {width:>4} {chosen.sum():>7} {rows[chosen].sum():>10}")
@@ -385,7 +384,7 @@ class PrecisionSearch(keras.callbacks.Callback):
 
 
 def fit_to_budget(
-    layer: MixedPrecisionEmbedding, bit_widths: np.ndarray, target: float
+    layer: MixedPrecisionEmbedding, group_bits: np.ndarray, target: float
 ) -> np.ndarray:
     """Moves per-group bits one candidate at a time until the compression ratio is in
     `[target, 1.1 * target]`: down from the rarest group while below the target, then
@@ -398,7 +397,7 @@ def fit_to_budget(
     >>> fit_to_budget(layer, np.array([4, 4, 4, 4]), target=16.0)
     array([0, 0, 3, 4], dtype=int32)
     """
-    report = layer.memory_report(bit_widths)
+    report = layer.memory_report(group_bits)
     rows, overhead = report["rows_per_group"], report["overhead_bytes"]
     float32_bytes = report["float32_bytes"]
 
@@ -407,7 +406,7 @@ def fit_to_budget(
         return float32_bytes / (payload + overhead)
 
     candidates = list(layer.bit_widths)
-    bits = np.asarray(bit_widths, np.int32).copy()
+    bits = np.asarray(group_bits, np.int32).copy()
     # rarest first: lookups per row of each group
     order = np.argsort(layer.group_masses.numpy() / np.maximum(rows, 1), kind="stable")
     for group in order:
@@ -426,7 +425,7 @@ def fit_to_budget(
 def _selection(layer: MixedPrecisionEmbedding) -> np.ndarray:
     """The bits that would be selected if the search ended now: at the layer's final
     temperature, where the search is heading at any point of the schedule."""
-    return layer.select_bit_widths(layer.initial_temperature)
+    return layer.select_group_bits(layer.final_temperature)
 
 
 def _log_entries(layers: list[MixedPrecisionEmbedding], reports: list[dict]) -> dict:

@@ -301,7 +301,7 @@ def run_demo(
     keras_mpe.plot_precision(layer, plot)
 
     seconds = time.perf_counter() - start
-    bits = np.bincount(report["bits_per_group"], minlength=max(layer.bit_widths) + 1)
+    bits = np.bincount(report["group_bits"], minlength=max(layer.bit_widths) + 1)
     label = "SYNTHETIC data" if synthetic else "MovieLens-100K"
     say("")
     say(f"=== keras-mpe demo summary ({label}) ===")

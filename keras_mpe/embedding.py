@@ -6,45 +6,39 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import grouping, packing, precision, quantizers
-from keras_mpe.backend import IS_KERAS_3, keras, not_equal, set_variable_trainable
+from keras_mpe import checks, codec, grouping, lookup, precision, quantizers
+from keras_mpe.backend import (
+    IS_KERAS_3,
+    keras,
+    not_equal,
+    set_variable_trainable,
+    tf_variable,
+)
 
-MAX_BITS = precision.MAX_BITS
-SEARCH, RETRAIN, PACKED = "search", "retrain", "packed"
+MAX_BITS = checks.MAX_BITS
+SEARCH, RETRAIN = "search", "retrain"
 SEARCH_FORWARDS = ("sample", "expectation")
-# the arrays of `packing.PackedTable` a packed layer stores (the permutation only if needed)
-PACKED_ARRAYS = ("words", "first_rows", "first_words", "group_bits", "permutation")
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. "
-            f"Received: {name}={value!r} (of type {type(value).__name__})"
-        )
+class EmbeddingShapes:
+    """The mask and output shape of an embedding layer with `mask_zero` and
+    `output_dim` attributes, shared by the training layer and its packed twin."""
 
+    mask_zero: bool
+    output_dim: int
 
-def _check_positive_float(name: str, value: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if ok:
-        ok = np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
-        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+    def compute_mask(self, inputs: tf.Tensor, mask: Any = None) -> Any:
+        if not self.mask_zero:
+            return None
+        return not_equal(inputs, 0)
 
-
-def _check_bit_widths(bit_widths: Any) -> tuple[int, ...]:
-    values = precision.check_bit_widths(bit_widths)
-    if max(values) == 0:
-        raise ValueError(
-            "`bit_widths` must have at least one non-zero entry. "
-            f"Received: bit_widths={bit_widths!r}"
-        )
-    return values
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        shape = tuple(input_shape) + (self.output_dim,)
+        return shape if IS_KERAS_3 else tf.TensorShape(shape)
 
 
 @keras.utils.register_keras_serializable(package="keras_mpe")
-class MixedPrecisionEmbedding(keras.layers.Layer):
+class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
     """An embedding table whose frequency groups learn their own bit-widths.
 
     A drop-in replacement for `keras.layers.Embedding` that implements
@@ -104,8 +98,11 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         bit_widths: the candidate bit-widths, strictly increasing, each in `0..8`;
             0 prunes a group (its rows look up zeros). Defaults to `(0, 1, ..., 6)`.
             A single width gives uniform quantization-aware training.
-        temperature: float > 0, the softmax temperature of the precision logits.
-            Defaults to 3e-3.
+        final_temperature: float > 0, the softmax temperature of the precision
+            logits at the end of the search, where `PrecisionSearch`'s schedule
+            (which starts at its `initial_temperature`) arrives and where the
+            per-group bits are selected. The `temperature` variable holds the
+            current value. Defaults to 3e-3.
         bit_penalty: float >= 0, the weight of the expected-bits penalty. Defaults
             to 0.
         frequencies: optional `[input_dim]` non-negative id counts (see `adapt()`).
@@ -117,19 +114,17 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             `beta = s * offset_scale * relative_offset`: an adaptive optimizer moves
             `log(alpha)` and `beta / offset_scale` by about `s` times its learning
             rate per step. Defaults to 10, so that the step sizes can follow the
-            table's growth under Adam (on MovieLens-1M at 16x, with the expectation
-            forward, 10 gave test AUC 0.717 and 1 gave 0.666; benchmarks/README.md).
+            table's growth under Adam (the comparison is in benchmarks/README.md).
         search_forward: what a looked-up row is in the search state. `"sample"`
             (default): in training, each group's width is drawn from its softmax at
             every call (at the current temperature) and the row is quantized at that
             one width, while the precision logits get the expectation's gradient
             (straight-through); outside training, each group uses the width
-            `select_bit_widths()` would pick at the final temperature, so validation
+            `select_group_bits()` would pick at the final temperature, so validation
             scores the allocation the search would hand over. `"expectation"`: the
             paper's `sum_k p_k Q_{b_k}(w)`, in training and outside it. Under the
             expectation a mix of 0 and 6 bits passes for a cheap precise value, and
-            the search learns allocations that fail once frozen (MovieLens-1M at
-            16x: test AUC 0.773 +- 0.039 with it, 0.807 +- 0.001 sampled, 3 seeds;
+            the search can learn allocations that fail once frozen (measured in
             benchmarks/README.md).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
@@ -147,7 +142,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         *,
         num_groups: int = 128,
         bit_widths: Sequence[int] = (0, 1, 2, 3, 4, 5, 6),
-        temperature: float = 3e-3,
+        final_temperature: float = 3e-3,
         bit_penalty: float = 0.0,
         frequencies: Any = None,
         embeddings_initializer: Any = None,
@@ -158,21 +153,22 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     ) -> None:
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        _check_positive_int("input_dim", input_dim)
-        _check_positive_int("output_dim", output_dim)
-        _check_positive_int("num_groups", num_groups)
-        _check_positive_float("temperature", temperature)
-        _check_positive_float("bit_penalty", bit_penalty, allow_zero=True)
-        _check_positive_float("quantizer_learning_rate_scale", quantizer_learning_rate_scale)
         if not isinstance(mask_zero, bool):
             raise ValueError(f"`mask_zero` must be a bool. Received: mask_zero={mask_zero!r}")
-        self.input_dim = int(input_dim)
-        self.output_dim = int(output_dim)
-        self.num_groups = int(num_groups)
-        self.bit_widths = _check_bit_widths(bit_widths)
-        self.initial_temperature = float(temperature)
-        self.initial_bit_penalty = float(bit_penalty)
-        self.quantizer_learning_rate_scale = float(quantizer_learning_rate_scale)
+        self.input_dim = checks.positive_int("input_dim", input_dim)
+        self.output_dim = checks.positive_int("output_dim", output_dim)
+        self.num_groups = checks.positive_int("num_groups", num_groups)
+        self.bit_widths = checks.bit_widths(bit_widths)
+        if max(self.bit_widths) == 0:
+            raise ValueError(
+                "`bit_widths` must have at least one non-zero entry. "
+                f"Received: bit_widths={bit_widths!r}"
+            )
+        self.final_temperature = checks.positive_float("final_temperature", final_temperature)
+        self.initial_bit_penalty = checks.positive_float("bit_penalty", bit_penalty, True)
+        self.quantizer_learning_rate_scale = checks.positive_float(
+            "quantizer_learning_rate_scale", quantizer_learning_rate_scale
+        )
         if search_forward not in SEARCH_FORWARDS:
             raise ValueError(
                 f"`search_forward` must be one of {SEARCH_FORWARDS}. "
@@ -191,21 +187,10 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.supports_masking = mask_zero
         self.groups = int(grouping.group_sizes(self.input_dim, self.num_groups).size)
         self._nonzero_bit_widths = [b for b in self.bit_widths if b > 0]
-        self._packed: dict | None = None
-        self._saved_packed_layout: dict | None = None  # set by from_config
 
     # ----------------------------------------------------------------- build
     def build(self, input_shape: Any = None) -> None:
-        """Creates the table, the quantizer and precision variables and the groups
-        (or, for a packed layer being loaded, the packed variables)."""
-        if self._saved_packed_layout is not None:
-            layout = self._saved_packed_layout
-            self._add_packed_variables(
-                {name: np.zeros(shape, dtype) for name, (shape, dtype) in layout["arrays"].items()}
-            )
-            self._packed_max_bits = int(layout["max_bits"])
-            self.built = True
-            return
+        """Creates the table, the quantizer and precision variables and the groups."""
         num_bits = len(self.bit_widths)
         self.embeddings = self._add_weight(
             "embeddings", (self.input_dim, self.output_dim), self._initial_table
@@ -221,13 +206,14 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             "precision_logits", (self.groups, num_bits), "zeros"
         )
         id_to_group, masses = grouping.frequency_groups(self._initial_frequencies, self.num_groups)
-        self.temperature = self._add_state("temperature", self.initial_temperature)
+        self.temperature = self._add_state("temperature", self.final_temperature)
         self.bit_penalty = self._add_state("bit_penalty", self.initial_bit_penalty)
         self.frequencies = self._add_state("frequencies", self._initial_frequencies, "int64")
-        self.id_to_group = self._add_state("id_to_group", id_to_group, "int32")
+        # uint32, not int32: a GPU gathers uint32 from a variable in device memory
+        self.id_to_group = self._add_state("id_to_group", id_to_group, "uint32")
         self.group_masses = self._add_state("group_masses", masses)
-        self.group_bit_widths = self._add_state(
-            "group_bit_widths", np.full(self.groups, max(self.bit_widths)), "int32"
+        self.group_bits = self._add_state(
+            "group_bits", np.full(self.groups, max(self.bit_widths)), "uint32"
         )
         self.precision_frozen = self._add_state("precision_frozen", 0, "int32")
         # [key, draws] of the stateless sampling noise: restored with the other
@@ -296,8 +282,6 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         times its learning rate) whatever their scale. Learned directly, a step size
         of about 1e-3 moves by the whole learning rate at every step.
         """
-        if self._packed is not None:
-            return self._packed["step_sizes"]
         return tf.exp(self.log_step_sizes * self.quantizer_learning_rate_scale)
 
     @property
@@ -309,8 +293,6 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         times its learning rate times the table's scale per step, not by the learning
         rate itself.
         """
-        if self._packed is not None:
-            return self._packed["offset"]
         return self.relative_offset * (self.offset_scale * self.quantizer_learning_rate_scale)
 
     # ------------------------------------------------------------ frequencies
@@ -328,31 +310,38 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         >>> layer = MixedPrecisionEmbedding(4, 2, num_groups=2)
         >>> layer.adapt(np.array([0, 0, 3, 3, 3, 1]))
         >>> layer.id_to_group.numpy()
-        array([1, 0, 0, 1], dtype=int32)
+        array([1, 0, 0, 1], dtype=uint32)
         """
         if not self.built:
             self.build()
         frequencies = grouping.count_frequencies(data, self.input_dim)
         id_to_group, masses = grouping.frequency_groups(frequencies, self.num_groups)
         self.frequencies.assign(frequencies)
-        self.id_to_group.assign(id_to_group)
+        self.id_to_group.assign(id_to_group.astype(np.uint32))
         self.group_masses.assign(masses)
 
     # ------------------------------------------------------------------- call
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        inputs = self._integer_ids(tf.convert_to_tensor(inputs))
-        if self._packed is not None:
-            return tf.cast(self._packed_call(inputs), self.compute_dtype)
-        valid = tf.logical_and(inputs >= 0, inputs < self.input_dim)
-        ids = tf.reshape(tf.where(valid, tf.cast(inputs, tf.int32), 0), [-1])
-        rows = tf.gather(self.embeddings, ids)
-        groups = tf.gather(self.id_to_group, ids)
+        ids, valid = lookup.ids_in_range(
+            lookup.integer_ids(inputs, self.input_dim), self.input_dim
+        )
+        shape = tf.concat([tf.shape(ids), [self.output_dim]], axis=0)
+        ids, valid = tf.reshape(ids, [-1]), tf.reshape(valid, [-1])
+        # gathers from the tf.Variables (a ResourceGather reads only the looked-up
+        # rows) by int64 indices (a GPU handles int32 ones, and their gradient's
+        # reshapes, in host memory)
+        index = tf.cast(ids, tf.int64)
+        rows = tf.gather(tf_variable(self.embeddings), index)
+        groups = tf.cast(tf.gather(tf_variable(self.id_to_group), index), tf.int32)
+        # each group's frozen width as an index into the candidates: [G] work, then
+        # one gather per row
+        group_width_index = tf.gather(self._width_index(), tf.cast(self.group_bits, tf.int32))
         outputs = quantizers.embedding_quantize(
             rows,
             quantizers.small_table_gather(self._search_weights(training), groups),
             self._candidate_step_sizes(),
             self.offset,
-            tf.gather(self._width_index(), tf.gather(self.group_bit_widths, groups)),
+            tf.gather(group_width_index, groups),
             self.precision_frozen > 0,
             self.bit_widths,
             [
@@ -360,29 +349,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 for b in self.bit_widths
             ],
         )
-        outputs *= tf.reshape(tf.cast(valid, tf.float32), [-1, 1])
+        outputs *= tf.cast(valid, tf.float32)[:, None]
         self.add_loss(self._penalty())
-        shape = tf.concat([tf.shape(inputs), [self.output_dim]], axis=0)
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
-
-    def _integer_ids(self, inputs: tf.Tensor) -> tf.Tensor:
-        """Integer ids as they are; float32 ids (a Keras 3 `Sequential` without
-        `keras.Input(dtype="int32")` feeds them) as int32, with fractional or
-        non-finite ones made invalid (-1, so they look up zeros)."""
-        if inputs.dtype.is_integer:
-            return inputs
-        if inputs.dtype != tf.float32 or self.input_dim > 2**24:
-            raise TypeError(
-                "`MixedPrecisionEmbedding` takes integer ids (or float32 ids when "
-                "input_dim <= 2**24, which float32 holds exactly). Received inputs of "
-                f"dtype {inputs.dtype.name} for input_dim={self.input_dim}. Feed int32 ids, "
-                "e.g. start a Keras 3 `Sequential` model with "
-                "`keras.Input(shape=..., dtype='int32')`."
-            )
-        whole = tf.logical_and(
-            tf.equal(tf.math.floor(inputs), inputs), tf.abs(inputs) <= self.input_dim
-        )
-        return tf.where(whole, tf.cast(tf.where(whole, inputs, 0.0), tf.int32), -1)
 
     def _candidate_step_sizes(self) -> tf.Tensor:
         """One step size per candidate bit-width (1.0, unused, for a 0-bit one)."""
@@ -416,7 +385,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 self._draw_widths,
             )
         else:
-            index = precision.selected_index(self._probabilities(self.initial_temperature))
+            index = precision.selected_index(self._probabilities(self.final_temperature))
         one_hot = tf.one_hot(index, len(self.bit_widths))
         return probabilities + tf.stop_gradient(one_hot - probabilities)
 
@@ -436,28 +405,17 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         weighted = tf.reduce_sum(self._expected_bits() / self.group_masses)
         return self.bit_penalty * searching * weighted
 
-    def compute_mask(self, inputs: tf.Tensor, mask: Any = None) -> Any:
-        if not self.mask_zero:
-            return None
-        return not_equal(inputs, 0)
-
-    def compute_output_shape(self, input_shape: Any) -> Any:
-        shape = tuple(input_shape) + (self.output_dim,)
-        return shape if IS_KERAS_3 else tf.TensorShape(shape)
-
     # -------------------------------------------------------------- precision
     @property
     def state(self) -> str:
-        """`"search"`, `"retrain"` or `"packed"`."""
-        if self._packed is not None:
-            return PACKED
+        """`"search"` or `"retrain"`."""
         return RETRAIN if int(self.precision_frozen.numpy()) else SEARCH
 
     def expected_bits(self) -> np.ndarray:
         """Per-group expected bits `sum_k p_{g,k} * b_k`, float32 `[groups]`."""
         return self._expected_bits().numpy()
 
-    def select_bit_widths(self, temperature: float | None = None) -> np.ndarray:
+    def select_group_bits(self, temperature: float | None = None) -> np.ndarray:
         """Per-group bits by the MPE rule: the largest width with p >= 1/(2K).
 
         Args:
@@ -469,7 +427,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         index = precision.selected_index(self._probabilities(temperature)).numpy()
         return np.asarray(self.bit_widths, np.int32)[index]
 
-    def freeze_precision(self, bit_widths: Any = None) -> None:
+    def freeze_precision(self, group_bits: Any = None) -> None:
         """Fixes one bit-width per group and moves to the retrain state.
 
         The precision logits stop being trainable and the bit penalty becomes 0.
@@ -478,10 +436,10 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         variables once the train function is rebuilt (`PrecisionSearch` does that).
 
         Args:
-            bit_widths: per-group bits, `[groups]` values from the candidate
-                `bit_widths`; by default `select_bit_widths()`.
+            group_bits: per-group bits, `[groups]` values from the candidate
+                `bit_widths`; by default `select_group_bits()`.
         """
-        chosen = self.select_bit_widths() if bit_widths is None else bit_widths
+        chosen = self.select_group_bits() if group_bits is None else group_bits
         chosen = np.asarray(chosen)
         if (
             chosen.shape != (self.groups,)
@@ -489,22 +447,22 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             or not np.isin(chosen, self.bit_widths).all()
         ):
             raise ValueError(
-                f"`bit_widths` must be {self.groups} integers (one per group) taken from "
-                f"the candidates {self.bit_widths}. Received: bit_widths={bit_widths!r}"
+                f"`group_bits` must be {self.groups} integers (one per group) taken from "
+                f"the candidates {self.bit_widths}. Received: group_bits={group_bits!r}"
             )
-        self.group_bit_widths.assign(chosen.astype(np.int32))
+        self.group_bits.assign(chosen.astype(np.uint32))
         self.precision_frozen.assign(1)
         set_variable_trainable(self, self.precision_logits, False)
 
-    def memory_report(self, bit_widths: Any = None) -> dict:
+    def memory_report(self, group_bits: Any = None) -> dict:
         """Bytes the packed table takes (see `keras_mpe.precision.memory_report`).
 
-        Uses `bit_widths` when given, else the expected bits in the search state, the
-        chosen bits after `freeze_precision()`, and the stored arrays once packed.
+        Uses `group_bits` when given, else the expected bits in the search state and
+        the chosen bits after `freeze_precision()`.
 
         Args:
-            bit_widths: optional per-group bits `[groups]` to account for instead,
-                e.g. `select_bit_widths()` during the search.
+            group_bits: optional per-group bits `[groups]` to account for instead,
+                e.g. `select_group_bits()` during the search.
 
         Example:
 
@@ -514,33 +472,31 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         >>> layer.memory_report()["payload_bytes"]
         3000
         """
-        if self._packed is not None:
-            return self._packed_memory_report()
         id_to_group = self.id_to_group.numpy()
-        if bit_widths is not None:
-            bits = np.asarray(bit_widths)
+        if group_bits is not None:
+            bits = np.asarray(group_bits)
             if bits.shape != (self.groups,):
                 raise ValueError(
-                    f"`bit_widths` must have one entry per group, shape ({self.groups},). "
-                    f"Received: bit_widths with shape {bits.shape}"
+                    f"`group_bits` must have one entry per group, shape ({self.groups},). "
+                    f"Received: group_bits with shape {bits.shape}"
                 )
         elif self.state == RETRAIN:
-            bits = self.group_bit_widths.numpy()
+            bits = self.group_bits.numpy()
         else:
             bits = self.expected_bits()
         return precision.memory_report(
             rows_per_group=np.bincount(id_to_group, minlength=self.groups),
-            bits_per_group=bits,
+            group_bits=bits,
             output_dim=self.output_dim,
             num_step_sizes=len(self._nonzero_bit_widths),
             needs_permutation=not grouping.groups_are_contiguous(id_to_group),
         )
 
     # ----------------------------------------------------------------- packing
-    def packed_table(self) -> packing.PackedTable:
+    def packed_table(self) -> codec.PackedTable:
         """The packed arrays of this retrain-state layer's table, without changing it.
 
-        `keras_mpe.packing.pack_table` of the float table at the frozen bit-widths:
+        `keras_mpe.codec.pack_table` of the float table at the frozen bit-widths:
         what `pack()` stores, and what `memory_report()` counts.
 
         Example:
@@ -559,88 +515,13 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 "can be packed. Run the search (`PrecisionSearch`) or call "
                 "`freeze_precision()` first."
             )
-        return packing.pack_table(
+        return codec.pack_table(
             self.embeddings.numpy(),
             self.step_sizes.numpy(),
             self.offset.numpy(),
             self.bit_widths,
             self.id_to_group.numpy(),
-            self.group_bit_widths.numpy(),
-        )
-
-    def pack(self) -> None:
-        """Moves a retrain-state layer to the packed state, for inference and export.
-
-        The float table and the search state are dropped; the table is kept as codes
-        bit-packed into uint32 words (`packed_table()`), bit-exact with the retrain
-        state's outputs, plus the step sizes, the offset, three int32 per group and,
-        when groups are not contiguous id ranges, a packed permutation.
-
-        Example:
-
-        >>> layer = MixedPrecisionEmbedding(1000, 16, num_groups=4)
-        >>> layer.build()
-        >>> layer.freeze_precision([0, 0, 2, 4])
-        >>> before = layer(np.arange(1000)).numpy()
-        >>> layer.pack()
-        >>> bool((layer(np.arange(1000)).numpy() == before).all()), layer.state
-        (True, 'packed')
-        """
-        table = self.packed_table()
-        if IS_KERAS_3:
-            self._tracker.unlock()
-        for name in list(self._named_variables()):
-            delattr(self, name)
-        arrays = {name: table.arrays()[name] for name in PACKED_ARRAYS if name in table.arrays()}
-        self._add_packed_variables(
-            {**arrays, "step_sizes": table.step_sizes, "offset": table.offset}
-        )
-        if IS_KERAS_3:
-            self._tracker.lock()
-        self._packed_max_bits = table.max_bits
-
-    def _add_packed_variables(self, arrays: dict) -> None:
-        """The packed state's variables, named as `pack()` names them."""
-        self._packed = {
-            name: self._add_state(
-                f"packed_{name}" if name in PACKED_ARRAYS else name, value, value.dtype.name
-            )
-            for name, value in arrays.items()
-        }
-
-    def _packed_layout(self) -> dict:
-        """What `build()` needs to recreate the packed variables (for `get_config`)."""
-        return {
-            "max_bits": self._packed_max_bits,
-            "arrays": {
-                name: [list(v.shape), tf.as_dtype(v.dtype).name]
-                for name, v in self._packed.items()
-            },
-        }
-
-    def _packed_call(self, inputs: tf.Tensor) -> tf.Tensor:
-        return packing.lookup_packed(
-            inputs,
-            words=self._packed["words"],
-            first_rows=self._packed["first_rows"],
-            first_words=self._packed["first_words"],
-            group_bits=self._packed["group_bits"],
-            step_sizes=self.step_sizes,
-            offset=self.offset,
-            permutation=self._packed.get("permutation"),
-            input_dim=self.input_dim,
-            step_bit_widths=self._nonzero_bit_widths,
-            max_bits=self._packed_max_bits,
-        )
-
-    def _packed_memory_report(self) -> dict:
-        first_rows = self._packed["first_rows"].numpy().astype(np.int64)
-        return precision.memory_report(
-            rows_per_group=np.diff(np.append(first_rows, self.input_dim)),
-            bits_per_group=self._packed["group_bits"].numpy(),
-            output_dim=self.output_dim,
-            num_step_sizes=len(self._nonzero_bit_widths),
-            needs_permutation="permutation" in self._packed,
+            self.group_bits.numpy(),
         )
 
     # ----------------------------------------------------------------- saving
@@ -661,8 +542,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             )
         for name, variable in variables.items():
             variable.assign(store[name])
-        if self.state != PACKED:
-            set_variable_trainable(self, self.precision_logits, self.state == SEARCH)
+        set_variable_trainable(self, self.precision_logits, self.state == SEARCH)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -672,7 +552,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 "output_dim": self.output_dim,
                 "num_groups": self.num_groups,
                 "bit_widths": list(self.bit_widths),
-                "temperature": self.initial_temperature,
+                "final_temperature": self.final_temperature,
                 "bit_penalty": self.initial_bit_penalty,
                 "embeddings_initializer": keras.initializers.serialize(
                     self.embeddings_initializer
@@ -682,15 +562,11 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 "search_forward": self.search_forward,
             }
         )
-        if self._packed is not None:
-            config["packed_layout"] = self._packed_layout()
         return config
 
-    @classmethod
-    def from_config(cls, config: dict) -> "MixedPrecisionEmbedding":
-        """Recreates a layer from `get_config()`, a packed one included."""
-        config = dict(config)
-        layout = config.pop("packed_layout", None)
-        layer = cls(**config)
-        layer._saved_packed_layout = layout
-        return layer
+
+def find_mixed_precision_layers(model: Any) -> list[MixedPrecisionEmbedding]:
+    """Every `MixedPrecisionEmbedding` inside `model`, nested ones included."""
+    return [
+        layer for layer in model._flatten_layers() if isinstance(layer, MixedPrecisionEmbedding)
+    ]

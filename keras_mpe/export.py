@@ -1,7 +1,6 @@
 """SavedModel export of models whose MixedPrecisionEmbedding tables are packed."""
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -9,22 +8,10 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_mpe.backend import IS_KERAS_3, keras
-from keras_mpe.embedding import RETRAIN, MixedPrecisionEmbedding
-
-# Static facts of the packed tables that the checkpoint's arrays do not carry (the
-# number of ids, the candidate bit-widths) and where in the SavedModel's object graph
-# each table's variables are, for `keras_mpe.inspect`. TF Serving ignores
-# `assets.extra` (where it reads warmup requests from).
-METADATA_FILE = os.path.join("assets.extra", "keras_mpe.json")
-METADATA_FORMAT = 1
-
-
-def find_mixed_precision_layers(model: Any) -> list[MixedPrecisionEmbedding]:
-    """Every `MixedPrecisionEmbedding` inside `model`, nested ones included."""
-    return [
-        layer for layer in model._flatten_layers() if isinstance(layer, MixedPrecisionEmbedding)
-    ]
+from keras_mpe import metadata
+from keras_mpe.backend import keras, tf_variable
+from keras_mpe.embedding import RETRAIN, MixedPrecisionEmbedding, find_mixed_precision_layers
+from keras_mpe.packed_embedding import PackedEmbedding
 
 
 def export_saved_model(
@@ -32,8 +19,9 @@ def export_saved_model(
 ) -> None:
     """Writes `model` as a SavedModel whose embedding tables are int-packed.
 
-    Every `MixedPrecisionEmbedding` of the model gets a packed twin (`layer.pack()` on
-    a copy of the layer; the model itself stays trainable), and the serving functions
+    Every `MixedPrecisionEmbedding` of the model gets a packed twin
+    (`keras_mpe.PackedEmbedding.from_layer`; the model itself stays trainable), and
+    the serving functions
     are traced with each layer's call routed to its twin, so the SavedModel stores
     each table once, as uint32 words, unpacked inside the serving graph for the
     looked-up ids only. Any Keras model works: functional, `Sequential`, subclassed,
@@ -49,7 +37,8 @@ def export_saved_model(
     ids instead; otherwise such a model has no `serving_xla`. The outputs are the
     model's dict of outputs, else `output_0`, `output_1`, ... in `tf.nest` order.
     Each table's variables are tracked as `tables/<index>/<field>`;
-    `assets.extra/keras_mpe.json` keeps its static facts, for `keras_mpe.inspect`.
+    `assets.extra/keras_mpe.json` keeps its static facts (`keras_mpe.metadata`), for
+    `keras_mpe.inspect`.
 
     Args:
         model: a Keras model whose MixedPrecisionEmbedding layers are in the retrain
@@ -88,7 +77,7 @@ def export_saved_model(
                 "replace it, or choose another directory."
             )
         shutil.rmtree(export_dir)
-    twins = [_packed_twin(layer) for layer in layers]
+    twins = [PackedEmbedding.from_layer(layer) for layer in layers]
     lookups = [layer for layer in model._flatten_layers() if hasattr(layer, "lookup_table")]
     module = tf.Module()
     # Vocabulary lookups (StringLookup, IntegerLookup) keep their tables in
@@ -112,11 +101,13 @@ def export_saved_model(
         # optimizer, whose slots hold float copies of the tables. Each packed table's
         # variables go under `tables/<index>/<field>` (layer variable names need not
         # be unique), the other variables read under `weights/<index>`.
-        module.tables = [_table_variables(twin) for twin in twins]
+        module.tables = [
+            {name: tf_variable(v) for name, v in twin.packed_variables.items()} for twin in twins
+        ]
         in_tables = {id(variable) for table in module.tables for variable in table.values()}
         module.weights = [v for key, v in read.items() if key not in in_tables]
         tf.saved_model.save(module, export_dir, signatures=signatures)
-    _write_metadata(export_dir, twins)
+    metadata.write(export_dir, twins)
 
 
 def _serving_function(model: Any, structure: Any, jit_compile: bool = False) -> Any:
@@ -204,27 +195,17 @@ def _named_specs(structure: Any) -> list[tuple[str, tf.TensorSpec]]:
     return named
 
 
-def _packed_twin(layer: MixedPrecisionEmbedding) -> MixedPrecisionEmbedding:
-    """A packed copy of a retrain-state layer."""
-    twin = MixedPrecisionEmbedding.from_config(layer.get_config())
-    twin.build()
-    values = layer._named_variables()
-    for name, variable in twin._named_variables().items():
-        variable.assign(values[name])
-    twin.pack()
-    return twin
-
-
 @contextlib.contextmanager
 def _calls_routed_to(
-    layers: list[MixedPrecisionEmbedding], twins: list[MixedPrecisionEmbedding]
+    layers: list[MixedPrecisionEmbedding], twins: list[PackedEmbedding]
 ) -> Iterator[None]:
     """Makes each layer call its packed twin instead, while the serving functions trace.
 
     Set with `object.__setattr__`, so that Keras does not track the twin as a sublayer.
+    The twin is inference-only: the `training` argument Keras passes is dropped.
     """
     for layer, twin in zip(layers, twins, strict=True):
-        object.__setattr__(layer, "call", twin.call)
+        object.__setattr__(layer, "call", lambda inputs, twin=twin, **_: twin.call(inputs))
     try:
         yield
     finally:
@@ -232,53 +213,6 @@ def _calls_routed_to(
             object.__delattr__(layer, "call")
 
 
-def _table_variables(layer: MixedPrecisionEmbedding) -> dict[str, tf.Variable]:
-    """A packed layer's variables by field: `words`, `first_rows`, ..., `offset`."""
-    return {field: _tf_variable(variable) for field, variable in layer._packed.items()}
-
-
-def _write_metadata(export_dir: str, layers: list[MixedPrecisionEmbedding]) -> None:
-    tables = [
-        {
-            "name": layer.name,
-            "object_path": ["tables", str(index)],
-            "input_dim": int(layer.input_dim),
-            "output_dim": int(layer.output_dim),
-            "bit_widths": [int(b) for b in layer.bit_widths],
-        }
-        for index, layer in enumerate(layers)
-    ]
-    path = os.path.join(export_dir, METADATA_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as file:
-        json.dump({"format": METADATA_FORMAT, "tables": tables}, file, indent=1)
-
-
 def _input_name(tensor: Any, index: int) -> str:
     name = getattr(tensor, "name", None) or f"input_{index}"
     return name.split(":")[0].replace("/", "_")
-
-
-def _tf_variable(weight: Any) -> tf.Variable:
-    """The `tf.Variable` that holds `weight`'s value, to track in the SavedModel.
-
-    A Keras 3 variable wraps a `tf.Variable` (its `value`), and the serving functions
-    capture that inner variable's handle. Tracked as is, a Keras 3 variable exports
-    its inner variable for the captures and then builds a second graph variable
-    initialized from the first, which is the one its checkpoint entry restores.
-    `tf.saved_model.load` binds the captures through the object graph and never
-    notices; the TF1 session loader (`saved_model_cli run`, the C API, TF Serving)
-    runs the saver's restore op, which fills only the second variable, so the
-    functions read variables that were never restored ("Could not find variable").
-    Tracking the inner `tf.Variable` gives one graph variable per weight, read by
-    the functions and restored by the saver. (Upstream reports of the symptom:
-    keras-team/keras#19274 and #20095, tensorflow/serving#2250.)
-    """
-    if IS_KERAS_3:
-        weight = weight.value  # a property in Keras 3 (a method of tf.Variable)
-    if not isinstance(weight, tf.Variable):
-        raise TypeError(
-            f"Weight {getattr(weight, 'name', weight)!r} is a {type(weight).__name__}; "
-            "export needs weights backed by a tf.Variable (the TensorFlow backend)."
-        )
-    return weight

@@ -9,7 +9,6 @@ figures come from `keras_mpe.precision.memory_report` over the stored arrays, th
 accounting as `MixedPrecisionEmbedding.memory_report()`.
 """
 
-import json
 import os
 from typing import Any
 
@@ -17,12 +16,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from keras_mpe import packing
-from keras_mpe.export import METADATA_FILE, METADATA_FORMAT
+from keras_mpe import codec
+from keras_mpe import metadata as metadata_file
 
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-_TABLE_KEYS = ("name", "object_path", "input_dim", "output_dim", "bit_widths")
-_REQUIRED = ("words", "first_rows", "first_words", "group_bits", "step_sizes", "offset")
+_REQUIRED = tuple(name for name in codec.ARRAYS if name != "permutation")
 _REPORTED = (
     "average_bits",
     "payload_bytes",
@@ -74,7 +72,7 @@ def inspect(export_dir: str) -> dict[str, dict[str, Any]]:
     (3000, 136, 20)
     >>> shutil.rmtree(export_dir)
     """
-    metadata = _read_metadata(export_dir)
+    metadata = metadata_file.read(export_dir)
     prefix = os.path.join(export_dir, "variables", "variables")
     if not tf.io.gfile.exists(prefix + ".index"):
         raise FileNotFoundError(
@@ -90,31 +88,6 @@ def inspect(export_dir: str) -> dict[str, dict[str, Any]]:
         arrays = {field: reader.get_tensor(key) for field, key in keys.items()}
         reports[table["name"]] = _table_report(table, arrays)
     return reports
-
-
-def _read_metadata(export_dir: str) -> dict[str, Any]:
-    path = os.path.join(export_dir, METADATA_FILE)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(
-            f"`export_dir` {export_dir!r} is not a keras_mpe export: {path} is missing. "
-            "Pass a directory written by `keras_mpe.export_saved_model`."
-        )
-    with tf.io.gfile.GFile(path) as file:
-        metadata = json.load(file)
-    if metadata.get("format") != METADATA_FORMAT:
-        raise ValueError(
-            f"{path} has format {metadata.get('format')!r}; this keras_mpe reads format "
-            f"{METADATA_FORMAT}."
-        )
-    for index, table in enumerate(metadata.get("tables", [])):
-        missing = sorted(set(_TABLE_KEYS) - set(table))
-        if missing:
-            raise ValueError(
-                f"{path}: table {index} lacks {missing}; each table needs "
-                f"{list(_TABLE_KEYS)}. Export the model again with "
-                "`keras_mpe.export_saved_model`."
-            )
-    return metadata
 
 
 def _variable_keys(graph: Any, path: list[str], table: str) -> dict[str, str]:
@@ -147,7 +120,7 @@ def _table_report(table: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[
         )
     input_dim, output_dim = int(table["input_dim"]), int(table["output_dim"])
     bit_widths = [int(b) for b in table["bit_widths"]]
-    packed = packing.PackedTable(
+    packed = codec.PackedTable(
         words=arrays["words"],
         first_rows=arrays["first_rows"],
         first_words=arrays["first_words"],
@@ -155,7 +128,7 @@ def _table_report(table: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[
         step_sizes=arrays["step_sizes"],
         offset=arrays["offset"],
         permutation=arrays.get("permutation"),
-        step_bit_widths=tuple(b for b in bit_widths if b > 0),
+        nonzero_bit_widths=tuple(b for b in bit_widths if b > 0),
         input_dim=input_dim,
         output_dim=output_dim,
     )
@@ -180,7 +153,7 @@ def _table_report(table: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[
     return result
 
 
-def _check_layout(name: str, packed: packing.PackedTable) -> None:
+def _check_layout(name: str, packed: codec.PackedTable) -> None:
     """Raises ValueError unless the arrays' shapes and dtypes form a packed table."""
     groups = packed.group_bits.shape
     integers = ("int32", "uint32")  # per-group fields may be uint32 (GPU-resident)
@@ -189,7 +162,7 @@ def _check_layout(name: str, packed: packing.PackedTable) -> None:
         "first_rows": (integers, groups),
         "first_words": (integers, groups),
         "group_bits": (integers, groups),
-        "step_sizes": (("float32",), (len(packed.step_bit_widths),)),
+        "step_sizes": (("float32",), (len(packed.nonzero_bit_widths),)),
         "offset": (("float32",), (packed.output_dim,)),
         "permutation": (("uint32",), None),
     }

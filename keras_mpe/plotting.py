@@ -4,8 +4,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_mpe.embedding import PACKED, SEARCH, MixedPrecisionEmbedding
-from keras_mpe.export import find_mixed_precision_layers
+from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding, find_mixed_precision_layers
 
 
 def group_frequencies(layer: MixedPrecisionEmbedding) -> np.ndarray:
@@ -59,12 +58,6 @@ def plot_precision(layer_or_model: Any, path: str) -> None:
             "`layer_or_model` must be a MixedPrecisionEmbedding or a model holding one. "
             f"Received: {type(layer_or_model).__name__} without any"
         )
-    for layer in layers:
-        if layer.state == PACKED:
-            raise ValueError(
-                f"Layer '{layer.name}' is packed and no longer knows its id frequencies; "
-                "plot it before `pack()` or export."
-            )
     figure, axes = plt.subplots(
         len(layers), 1, figsize=(7, 3.2 * len(layers)), squeeze=False, layout="constrained"
     )
@@ -72,9 +65,9 @@ def plot_precision(layer_or_model: Any, path: str) -> None:
         frequency = np.maximum(group_frequencies(layer), 1e-3)  # log axis: 0 -> 1e-3
         if layer.state == SEARCH:
             axis.plot(frequency, layer.expected_bits(), "o", alpha=0.5, label="expected bits")
-            axis.step(frequency, layer.select_bit_widths(), where="mid", label="selected bits")
+            axis.step(frequency, layer.select_group_bits(), where="mid", label="selected bits")
         else:
-            axis.step(frequency, layer.group_bit_widths.numpy(), where="mid", label="bits")
+            axis.step(frequency, layer.group_bits.numpy(), where="mid", label="bits")
         report = layer.memory_report()
         axis.set_xscale("log")
         axis.set_yticks(layer.bit_widths)

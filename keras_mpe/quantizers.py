@@ -248,7 +248,8 @@ def _embedding_quantize(
 ):
     # row_widths holds each row's index into bit_widths (its frozen bit-width)
     one_hot = tf.one_hot(row_widths, len(bit_widths))  # [N, K]
-    row_bits = tf.gather(tf.constant(bit_widths), row_widths)[:, None]
+    # float32 bits: a GPU compares int32 in host memory
+    row_bits = tf.gather(tf.constant(bit_widths, tf.float32), row_widths)[:, None]
     row_scale = tf.gather(tf.constant(grad_scales, tf.float32), row_widths)[:, None]
 
     @tf.custom_gradient

@@ -86,7 +86,7 @@ def test_search_restores_the_best_epoch_freezes_rewinds_and_resets(data):
     expected = [
         max(b for b, p in zip(layer.bit_widths, row) if p >= threshold) for row in probabilities
     ]
-    np.testing.assert_array_equal(layer.group_bit_widths.numpy(), expected)
+    np.testing.assert_array_equal(layer.group_bits.numpy(), expected)
     assert layer.state == "retrain"
     assert layer.temperature.numpy() == pytest.approx(3e-3)
     np.testing.assert_array_equal(layer.embeddings.numpy(), initial_table)  # rewound
@@ -223,9 +223,7 @@ def test_backup_dir_makes_an_interrupted_search_select_the_same_bits(data, tmp_p
         [keras.callbacks.BackupAndRestore(backup), search(state)],
         _model(data.vocabulary_size, bit_penalty=1e-5),
     )
-    np.testing.assert_array_equal(
-        resumed.group_bit_widths.numpy(), reference.group_bit_widths.numpy()
-    )
+    np.testing.assert_array_equal(resumed.group_bits.numpy(), reference.group_bits.numpy())
     np.testing.assert_allclose(resumed.embeddings.numpy(), reference.embeddings.numpy())
     assert not os.listdir(state)  # cleaned up at the end
 
@@ -336,7 +334,7 @@ def test_errors_at_the_start_of_training(data):
 
 def test_selection_during_the_search_ignores_the_current_temperature():
     """The logged selection uses the softmax at the layer's final temperature."""
-    layer = MixedPrecisionEmbedding(50, 2, num_groups=5, temperature=0.5)
+    layer = MixedPrecisionEmbedding(50, 2, num_groups=5, final_temperature=0.5)
     layer.build()
     layer.precision_logits.assign(np.random.default_rng(0).normal(size=(5, 7)))
     layer.temperature.assign(10.0)  # a schedule's current value must not matter

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 
 from keras_mpe.backend import IS_KERAS_3
 from keras_mpe.datasets import MovieLensUnavailableError, load_movielens
@@ -198,3 +199,10 @@ def test_serving_benchmark_runs_at_a_toy_size():
             rf"^  xla +{rate} +{rate}{int4} +{rate} +packed/float .*exported/float {NUMBER}x$",
         ],
     )
+
+
+def test_gpu_serving_check_says_when_there_is_no_gpu():
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is present: the check would run for real")
+    output = _run([str(BENCHMARKS / "gpu_serving.py")], legacy_keras=not IS_KERAS_3)
+    _assert_lines(output, [r"^no GPU found$"])

@@ -64,23 +64,19 @@ def test_saved_model_outputs_equal_the_retrain_model_in_a_fresh_process(tmp_path
     assert len(stored) - 1 == 10 + (not ordered)
 
 
-def test_each_signature_traces_the_lookup_op_mix_of_its_compiler(tmp_path, monkeypatch):
-    """`serving_default` traces the mix for TensorFlow's kernels, `serving_xla` the
-    one for XLA (the binary group search is only in the latter)."""
-    from keras_mpe import packing
-
+def test_each_signature_traces_the_lookup_op_mix_of_its_compiler(tmp_path):
+    """`serving_default` finds groups with `searchsorted` (UpperBound), `serving_xla`
+    with the binary search XLA compiles well."""
     model, _ = _model()
-    searches = []
-    find_groups = packing._find_groups
-
-    def recording_find_groups(first_rows, rows, binary):
-        compiled = tf.__internal__.get_enclosing_xla_context() is not None
-        searches.append((compiled, binary))
-        return find_groups(first_rows, rows, binary)
-
-    monkeypatch.setattr(packing, "_find_groups", recording_find_groups)
-    keras_mpe.export_saved_model(model, str(tmp_path / "export"))
-    assert sorted(set(searches)) == [(False, False), (True, True)]
+    export_dir = str(tmp_path / "export")
+    keras_mpe.export_saved_model(model, export_dir)
+    loaded = tf.saved_model.load(export_dir)
+    for name, compiled in (("serving_default", False), ("serving_xla", True)):
+        graph = loaded.signatures[name].graph
+        library = graph.as_graph_def().library.function
+        ops = {node.op for node in graph.as_graph_def().node}
+        ops |= {node.op for function in library for node in function.node_def}
+        assert ("UpperBound" in ops) is not compiled, name
 
 
 def test_export_refuses_a_search_state_model_and_a_full_directory(tmp_path):
@@ -95,34 +91,6 @@ def test_export_refuses_a_search_state_model_and_a_full_directory(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         keras_mpe.export_saved_model(model, str(tmp_path / "b"))
     keras_mpe.export_saved_model(model, str(tmp_path / "b"), overwrite=True)
-
-
-def test_pack_needs_the_retrain_state():
-    layer = keras_mpe.MixedPrecisionEmbedding(20, 2, num_groups=2)
-    layer.build()
-    with pytest.raises(ValueError, match="search state; only a retrain-state layer"):
-        layer.pack()
-
-
-def test_packed_layer_keeps_only_the_packed_variables():
-    layer = keras_mpe.MixedPrecisionEmbedding(64, 4, num_groups=4)
-    layer.build()
-    layer.freeze_precision([0, 1, 2, 6])
-    report = layer.memory_report()
-    layer.pack()
-    names = sorted(v.name.split("/")[-1].split(":")[0] for v in layer.weights)
-    assert names == sorted(
-        [
-            "step_sizes",
-            "offset",
-            "packed_words",
-            "packed_first_rows",
-            "packed_first_words",
-            "packed_group_bits",
-        ]
-    )
-    stored = sum(v.numpy().nbytes for v in layer.weights)
-    assert stored == report["total_bytes"] == layer.memory_report()["total_bytes"]
 
 
 def test_saved_model_cli_runs_the_export(tmp_path):
@@ -180,7 +148,7 @@ def test_the_saved_graph_holds_one_variable_per_stored_variable(tmp_path):
     stored = tf.train.list_variables(export_dir + "/variables/variables")
     assert len(handles) == len(set(handles)) == len(stored) - 1  # minus the object graph
     names = {name.split("/")[-1] for name in handles}
-    assert {"packed_words", "packed_first_rows", "packed_first_words"} <= names
+    assert {"words", "first_rows", "first_words", "group_bits"} <= names
 
 
 def test_string_ids_through_a_string_lookup_inside_the_model(tmp_path):

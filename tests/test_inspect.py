@@ -31,7 +31,7 @@ def exported(tmp_path_factory):
     model, user, item = two_table_model()
     before = {}
     for layer in (user, item):
-        bits = layer.group_bit_widths.numpy()
+        bits = layer.group_bits.numpy()
         rows = np.bincount(layer.id_to_group.numpy(), minlength=layer.groups)
         before[layer.name] = (layer.memory_report(), bits, rows, layer.bit_widths)
     export_dir = str(tmp_path_factory.mktemp("inspect") / "export")
