@@ -15,21 +15,33 @@ IS_KERAS_3 = not keras.layers.Layer.__module__.startswith("tf_keras")
 not_equal = keras.ops.not_equal if IS_KERAS_3 else tf.not_equal
 
 
+def losses_of_this_call(layer) -> list:
+    """The losses `layer` has added since the outermost call began (each flavour
+    clears them there): Keras 3 keeps them in `_losses`, tf-keras in `_eager_losses`
+    (its `_losses` also holds those of the functional model's construction)."""
+    return layer._losses if IS_KERAS_3 else layer._eager_losses
+
+
 def set_variable_trainable(layer, variable, trainable: bool) -> None:
     """Marks one of `layer`'s own variables trainable or not, in either flavour.
 
     Keras 3 reads the flag from the variable; tf-keras from the layer's two lists.
     A train function traced before the change keeps the old list until it is rebuilt.
+    In tf-keras the variable must be the last trainable one: it moves across the
+    boundary of the two lists (last trainable <-> first non-trainable), so that
+    `trainable_weights + non_trainable_weights`, the order in which tf-keras saves
+    and loads weights by position (`.h5`), is the same in both states.
     """
     if IS_KERAS_3:
         variable.trainable = trainable
         return
-    source, target = layer._non_trainable_weights, layer._trainable_weights
-    if not trainable:
-        source, target = target, source
-    if any(v is variable for v in source):
-        source[:] = [v for v in source if v is not variable]
-        target.append(variable)
+    trainables, others = layer._trainable_weights, layer._non_trainable_weights
+    if trainable and any(v is variable for v in others):
+        others[:] = [v for v in others if v is not variable]
+        trainables.append(variable)
+    elif not trainable and any(v is variable for v in trainables):
+        trainables[:] = [v for v in trainables if v is not variable]
+        others.insert(0, variable)
 
 
 def tf_variable(weight: Any) -> tf.Variable:

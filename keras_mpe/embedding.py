@@ -10,6 +10,7 @@ from keras_mpe import checks, codec, grouping, lookup, precision, quantizers
 from keras_mpe.backend import (
     IS_KERAS_3,
     keras,
+    losses_of_this_call,
     not_equal,
     set_variable_trainable,
     tf_variable,
@@ -300,6 +301,8 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         """Counts id frequencies in `data` and regroups the ids by them.
 
         Count on the training split only. Streams in chunks with O(input_dim) memory.
+        Only before `freeze_precision()`: the frozen bits belong to the groups they
+        were chosen for.
 
         Args:
             data: integer ids in `[0, input_dim)`: a numpy array, a tensor or a
@@ -314,6 +317,12 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         """
         if not self.built:
             self.build()
+        if self.state == RETRAIN:
+            raise ValueError(
+                f"Layer '{self.name}' is in the retrain state: its frozen bits belong to "
+                "the groups they were chosen for, and `adapt()` would regroup the ids "
+                "under them. Call `adapt()` before the search, or build a new layer."
+            )
         frequencies = grouping.count_frequencies(data, self.input_dim)
         id_to_group, masses = grouping.frequency_groups(frequencies, self.num_groups)
         self.frequencies.assign(frequencies)
@@ -350,7 +359,8 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             ],
         )
         outputs *= tf.cast(valid, tf.float32)[:, None]
-        self.add_loss(self._penalty())
+        if not losses_of_this_call(self):  # once per forward pass, however often it is called
+            self.add_loss(self._penalty())
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
 
     def _candidate_step_sizes(self) -> tf.Tensor:
@@ -474,11 +484,11 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         """
         id_to_group = self.id_to_group.numpy()
         if group_bits is not None:
-            bits = np.asarray(group_bits)
-            if bits.shape != (self.groups,):
+            bits = checks.float_array("group_bits", group_bits, (self.groups,), "one per group")
+            if bits.min() < 0 or bits.max() > max(self.bit_widths):
                 raise ValueError(
-                    f"`group_bits` must have one entry per group, shape ({self.groups},). "
-                    f"Received: group_bits with shape {bits.shape}"
+                    f"`group_bits` must be in [0, {max(self.bit_widths)}] (the candidates' "
+                    f"range). Received: group_bits={np.asarray(group_bits).tolist()}"
                 )
         elif self.state == RETRAIN:
             bits = self.group_bits.numpy()
@@ -562,6 +572,9 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
                 "search_forward": self.search_forward,
             }
         )
+        frequencies = self.frequencies.numpy() if self.built else self._initial_frequencies
+        if frequencies.any():  # given or adapted: a clone groups the ids the same way
+            config["frequencies"] = frequencies.tolist()
         return config
 
 

@@ -3,6 +3,7 @@
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,8 +45,11 @@ def export_saved_model(
         model: a Keras model whose MixedPrecisionEmbedding layers are in the retrain
             state.
         export_dir: the directory to write; must be empty or missing unless
-            `overwrite=True`.
-        overwrite: whether to replace a non-empty `export_dir`.
+            `overwrite=True`. The export is written into a new directory beside
+            it and moved into place only once complete: a failed or interrupted
+            export leaves `export_dir` as it was.
+        overwrite: whether to replace a non-empty `export_dir` (only once the new
+            export is complete).
         input_signature: what `model(...)` takes, as a `tf.TensorSpec` or a dict,
             list or tuple of them; the signature's inputs are named by the specs'
             names, else by their dict keys. Defaults to the `inputs` of a functional
@@ -70,13 +74,53 @@ def export_saved_model(
                 "(`PrecisionSearch`) or call `layer.freeze_precision()` first."
             )
     structure = _input_structure(model, input_signature)
-    if os.path.isdir(export_dir) and os.listdir(export_dir):
-        if not overwrite:
+    if os.path.exists(export_dir):
+        if not os.path.isdir(export_dir):
+            raise FileExistsError(
+                f"`export_dir` {export_dir!r} is a file; the export is a directory. "
+                "Choose another path."
+            )
+        if os.listdir(export_dir) and not overwrite:
             raise FileExistsError(
                 f"`export_dir` {export_dir!r} is not empty. Pass `overwrite=True` to "
-                "replace it, or choose another directory."
+                "replace it (once the new export is complete), or choose another directory."
             )
-        shutil.rmtree(export_dir)
+    with _written_in_place_of(export_dir) as staging:
+        _write_export(model, layers, structure, input_signature, staging)
+
+
+@contextlib.contextmanager
+def _written_in_place_of(export_dir: str) -> Iterator[str]:
+    """A fresh directory beside `export_dir` to write into; moved into place only when
+    the writing completes, so that a failed or interrupted export never leaves a
+    partial `export_dir`, nor removes the export it was to replace."""
+    target = os.path.abspath(export_dir)
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}.writing-", dir=parent)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if os.path.isdir(target) and os.listdir(target):
+        replaced = tempfile.mkdtemp(prefix=f".{name}.replaced-", dir=parent)
+        os.replace(target, os.path.join(replaced, name))
+        os.replace(staging, target)
+        shutil.rmtree(replaced)
+    else:
+        os.replace(staging, target)
+
+
+def _write_export(
+    model: Any,
+    layers: list[MixedPrecisionEmbedding],
+    structure: Any,
+    input_signature: Any,
+    export_dir: str,
+) -> None:
+    """Traces the serving functions through packed twins and writes the SavedModel
+    and its metadata into `export_dir`."""
     twins = [PackedEmbedding.from_layer(layer) for layer in layers]
     lookups = [layer for layer in model._flatten_layers() if hasattr(layer, "lookup_table")]
     module = tf.Module()

@@ -660,3 +660,80 @@ def test_sampled_search_scores_the_selected_widths_outside_training():
         layer(ids).numpy(), _retrain_reference(layer, ids, selected), atol=1e-6
     )
     assert layer.sampling_seed.numpy()[1] == 0  # no draw
+
+
+def test_adapt_after_freeze_is_refused():
+    layer = _layer(10, 2, num_groups=2, bit_widths=(0, 2, 4))
+    layer.freeze_precision([0, 4])
+    before = layer.id_to_group.numpy().copy()
+    with pytest.raises(ValueError, match="'.*' is in the retrain state.*adapt\\(\\)"):
+        layer.adapt(np.array([9, 9, 9, 8]))
+    np.testing.assert_array_equal(layer.id_to_group.numpy(), before)
+
+
+def test_a_table_shared_by_two_inputs_adds_its_penalty_once():
+    layer = MixedPrecisionEmbedding(50, 4, num_groups=5, bit_penalty=1.0, name="shared")
+    first = keras.Input(shape=(2,), dtype="int32")
+    second = keras.Input(shape=(2,), dtype="int32")
+    both = keras.layers.Concatenate()(
+        [keras.layers.Flatten()(layer(first)), keras.layers.Flatten()(layer(second))]
+    )
+    model = keras.Model([first, second], keras.layers.Dense(1, use_bias=False)(both))
+    model.layers[-1].set_weights([np.zeros((16, 1), np.float32)])  # the model predicts 0
+    model.compile("sgd", "mse")
+    ids = [np.zeros((3, 2), np.int32), np.ones((3, 2), np.int32)]
+    penalty = float(layer._penalty())
+    assert penalty == pytest.approx(15.0)  # 1.0 * (3 expected bits / mass 1) * 5 groups
+    assert model.evaluate(ids, np.zeros((3, 1)), verbose=0) == pytest.approx(penalty)
+
+
+@pytest.mark.parametrize(
+    "frequencies, match",
+    [
+        (
+            np.array([2**63, 1, 0], np.uint64),
+            r"below 2\*\*63.*frequencies\[0\]=9223372036854775808",
+        ),
+        ([1e19, 1.0, 0.0], r"below 2\*\*63. Received frequencies\[0\]=1e\+19"),
+    ],
+)
+def test_frequencies_beyond_int64_are_refused(frequencies, match):
+    with pytest.raises(ValueError, match=match):
+        MixedPrecisionEmbedding(3, 2, num_groups=2, frequencies=frequencies)
+
+
+def test_config_and_clone_keep_the_frequencies():
+    frequencies = np.arange(20)[::-1] * 3
+    layer = MixedPrecisionEmbedding(20, 2, num_groups=4, frequencies=frequencies, name="mpe")
+    inputs = keras.Input(shape=(1,), dtype="int32")
+    model = keras.Model(inputs, layer(inputs))
+    clone = keras.models.clone_model(model).get_layer("mpe")
+    np.testing.assert_array_equal(clone.frequencies.numpy(), frequencies)
+    np.testing.assert_array_equal(clone.id_to_group.numpy(), layer.id_to_group.numpy())
+    adapted = _layer(20, 2, num_groups=4)
+    adapted.adapt(np.array([19, 19, 18]))
+    rebuilt = MixedPrecisionEmbedding.from_config(adapted.get_config())
+    rebuilt.build()
+    np.testing.assert_array_equal(rebuilt.id_to_group.numpy(), adapted.id_to_group.numpy())
+
+
+@pytest.mark.parametrize("bits", [[-8, 2, 2, 2], [0, 2, 2, 7], [0, np.nan, 2, 2]])
+def test_memory_report_refuses_bits_outside_the_candidates_range(bits):
+    layer = _layer(100, 4, num_groups=4, bit_widths=(0, 2, 6))
+    with pytest.raises(ValueError, match="`group_bits` must"):
+        layer.memory_report(group_bits=bits)
+
+
+def test_h5_round_trip_of_the_retrain_state(tmp_path):
+    layer = MixedPrecisionEmbedding(50, 4, num_groups=5, name="mpe")
+    model = _model(layer)
+    model.compile("adam", "mse")
+    rng = np.random.default_rng(0)
+    model.fit(rng.integers(0, 50, size=(32, 3)), rng.normal(size=(32, 1)), verbose=0)
+    layer.freeze_precision([0, 2, 4, 6, 2])
+    path = os.path.join(tmp_path, "model.h5")
+    model.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    assert loaded.get_layer("mpe").state == "retrain"
+    ids = rng.integers(0, 50, size=(8, 3))
+    np.testing.assert_array_equal(loaded.predict(ids, verbose=0), model.predict(ids, verbose=0))

@@ -243,3 +243,42 @@ def test_subclassed_model_exports_with_an_input_signature(tmp_path):
     report = keras_mpe.inspect(str(tmp_path / "a"))
     assert report["user"]["total_bytes"] == model.user.memory_report()["total_bytes"]
     assert report["item"]["total_bytes"] == model.item.memory_report()["total_bytes"]
+
+
+def test_a_failed_overwrite_keeps_the_previous_export(tmp_path):
+    model, _ = _model()
+    export_dir = tmp_path / "export"
+    keras_mpe.export_saved_model(model, str(export_dir))
+    before = sorted(str(p.relative_to(export_dir)) for p in export_dir.rglob("*"))
+    bad_signature = tf.TensorSpec([None, 3], tf.int32, name="ids")  # the model takes 4 ids
+    with pytest.raises(ValueError):
+        keras_mpe.export_saved_model(
+            model, str(export_dir), overwrite=True, input_signature=bad_signature
+        )
+    assert sorted(str(p.relative_to(export_dir)) for p in export_dir.rglob("*")) == before
+    assert keras_mpe.inspect(str(export_dir))["mpe"]["total_bytes"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging left
+    keras_mpe.export_saved_model(model, str(export_dir), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert "serving_xla" in tf.saved_model.load(str(export_dir)).signatures
+
+
+def test_export_refuses_a_file_in_the_way(tmp_path):
+    model, _ = _model()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="'.*file' is a file"):
+        keras_mpe.export_saved_model(model, str(tmp_path / "file"), overwrite=True)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_serving_twin_leaves_the_compiled_model_training():
+    """Making the packed twin (as the export does) changes nothing in the model it
+    came from: training goes on against the float table, `predict` equals a call."""
+    model, layer = _model()
+    table = layer.embeddings.numpy().copy()
+    keras_mpe.PackedEmbedding.from_layer(layer)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 300, size=(64, 4))
+    model.fit(ids, rng.normal(size=(64, 1)), verbose=0)
+    assert not np.array_equal(layer.embeddings.numpy(), table)
+    np.testing.assert_allclose(model.predict(ids, verbose=0), model(ids).numpy(), atol=1e-6)
