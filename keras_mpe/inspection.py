@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from keras_mpe import packing
@@ -48,13 +49,18 @@ def inspect(export_dir: str) -> dict[str, dict[str, Any]]:
         `stored_bytes` (bytes of the table's arrays in the checkpoint) and, from
         `keras_mpe.precision.memory_report`, `average_bits`, `payload_bytes`,
         `overhead_bytes`, `total_bytes`, `float32_bytes`, `compression_ratio` (with
-        overhead) and `payload_compression_ratio` (payload only).
+        overhead) and `payload_compression_ratio` (payload only). Tables whose
+        layers share a name (nested models may hold several `"embedding"` layers)
+        are keyed `"<name> (tables/<index>)"` by their place in the SavedModel,
+        so none hides another; a name used once is the key as it is.
 
     Raises:
         FileNotFoundError: `export_dir` holds no SavedModel checkpoint or no
             `assets.extra/keras_mpe.json`.
-        ValueError: the checkpoint's arrays do not form the packed layout the
-            metadata describes.
+        ValueError: the metadata is not valid JSON of the expected form, the
+            checkpoint cannot be read (truncated or corrupted files), or its arrays
+            do not form the packed layout the metadata describes; the message names
+            the file.
 
     Example:
 
@@ -81,14 +87,28 @@ def inspect(export_dir: str) -> dict[str, dict[str, Any]]:
             f"`export_dir` {export_dir!r} holds no SavedModel checkpoint "
             f"({prefix}.index is missing)."
         )
-    reader = tf.train.load_checkpoint(prefix)
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+        arrays = []
+        for table in metadata["tables"]:
+            keys = _variable_keys(graph, table["object_path"], table["name"])
+            arrays.append({field: reader.get_tensor(key) for field, key in keys.items()})
+    except (tf.errors.OpError, DecodeError, IndexError) as error:
+        raise ValueError(
+            f"The SavedModel checkpoint {prefix} cannot be read ({_first_line(error)}); the "
+            "export is "
+            "incomplete or corrupted. Export the model again with "
+            "`keras_mpe.export_saved_model`."
+        ) from error
+    names = [table["name"] for table in metadata["tables"]]
     reports = {}
-    for table in metadata["tables"]:
-        keys = _variable_keys(graph, table["object_path"], table["name"])
-        arrays = {field: reader.get_tensor(key) for field, key in keys.items()}
-        reports[table["name"]] = _table_report(table, arrays)
+    for table, table_arrays in zip(metadata["tables"], arrays, strict=True):
+        key = table["name"]
+        if names.count(key) > 1:
+            key = f"{key} ({'/'.join(table['object_path'])})"
+        reports[key] = _table_report(table, table_arrays)
     return reports
 
 
@@ -99,14 +119,27 @@ def _read_metadata(export_dir: str) -> dict[str, Any]:
             f"`export_dir` {export_dir!r} is not a keras_mpe export: {path} is missing. "
             "Pass a directory written by `keras_mpe.export_saved_model`."
         )
-    with tf.io.gfile.GFile(path) as file:
-        metadata = json.load(file)
-    if metadata.get("format") != METADATA_FORMAT:
+    try:
+        with tf.io.gfile.GFile(path) as file:
+            metadata = json.load(file)
+    except (ValueError, tf.errors.OpError) as error:  # bad JSON or UTF-8; unreadable
+        raise ValueError(
+            f"{path} cannot be read as JSON ({_first_line(error)}). Export the model again "
+            "with `keras_mpe.export_saved_model`."
+        ) from error
+    if isinstance(metadata, dict) and metadata.get("format") != METADATA_FORMAT:
         raise ValueError(
             f"{path} has format {metadata.get('format')!r}; this keras_mpe reads format "
             f"{METADATA_FORMAT}."
         )
-    for index, table in enumerate(metadata.get("tables", [])):
+    tables = metadata.get("tables") if isinstance(metadata, dict) else None
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ValueError(
+            f"{path} must hold a JSON object whose 'tables' is a list of objects; it holds "
+            f"{json.dumps(metadata)[:200]}. Export the model again with "
+            "`keras_mpe.export_saved_model`."
+        )
+    for index, table in enumerate(tables):
         missing = sorted(set(_TABLE_KEYS) - set(table))
         if missing:
             raise ValueError(
@@ -115,6 +148,12 @@ def _read_metadata(export_dir: str) -> dict[str, Any]:
                 "`keras_mpe.export_saved_model`."
             )
     return metadata
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of `error`'s message (TensorFlow's run over several), or its type."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _variable_keys(graph: Any, path: list[str], table: str) -> dict[str, str]:
