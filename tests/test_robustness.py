@@ -15,8 +15,9 @@ import tensorflow as tf
 from test_movielens import _fake_pip, _fake_wheel, _write_cache, use_fake_movielens
 
 import keras_mpe
-from keras_mpe import MixedPrecisionEmbedding, cli, datasets
+from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, cli, datasets
 from keras_mpe.backend import keras
+from keras_mpe.callbacks import INITIAL_TABLES_FILE, STATE_FILE
 from keras_mpe.datasets import MovieLensUnavailableError, load_movielens
 from keras_mpe.export import METADATA_FILE
 
@@ -183,3 +184,198 @@ def test_inspect_keeps_tables_whose_layers_share_a_name(export_dir):
         "emb (tables/0)": {0: 1, 2: 1, 4: 0},
         "emb (tables/1)": {0: 0, 2: 0, 4: 2},
     }
+
+
+# -------------------------------------------------------------- PrecisionSearch
+
+VOCABULARY = 60
+RNG = np.random.default_rng(0)
+IDS = RNG.integers(0, VOCABULARY, size=(256, 3)).astype(np.int32)
+LABELS = RNG.integers(0, 2, size=(256, 1)).astype(np.float32)
+
+
+def _search_model(dim: int = 2, seed: int = 0, ids: np.ndarray = IDS) -> tuple:
+    keras.utils.set_random_seed(seed)
+    layer = MixedPrecisionEmbedding(VOCABULARY, dim, num_groups=4, name="mpe")
+    layer.adapt(ids)
+    inputs = keras.Input(shape=(3,), dtype="int32")
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(layer(inputs)))
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+    return model, layer
+
+
+class Batches(keras.callbacks.Callback):
+    """Counts the training batches run; fails on purpose at the start of `crash_epoch`."""
+
+    def __init__(self, crash_epoch: int | None = None):
+        super().__init__()
+        self.count, self.crash_epoch = 0, crash_epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.count += 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.crash_epoch:
+            raise KeyboardInterrupt("interrupted on purpose")
+
+
+def _fit(model, search, y=LABELS, epochs=2, **kwargs) -> Batches:
+    batches = Batches(kwargs.pop("crash_epoch", None))
+    model.fit(
+        IDS, y, epochs=epochs, batch_size=64, verbose=0, callbacks=[search, batches], **kwargs
+    )
+    return batches
+
+
+@pytest.mark.parametrize(
+    "labels, validation, message",
+    [
+        (np.full_like(LABELS, np.nan), None, "epoch 1: the loss is nan at batch 0"),
+        (np.full_like(LABELS, np.inf), None, "epoch 1: the loss is (inf|nan) at batch 0"),
+        (LABELS, (IDS, np.full_like(LABELS, np.nan)), "epoch 1: val_loss is nan"),
+    ],
+    ids=["nan-loss", "inf-labels", "nan-validation-loss"],
+)
+def test_a_non_finite_loss_stops_the_search_without_freezing(labels, validation, message):
+    model, layer = _search_model()
+    search = PrecisionSearch("val_loss" if validation else "loss", verbose=0)
+    with pytest.raises(RuntimeError, match=f"PrecisionSearch stopped the search in {message}"):
+        _fit(model, search, y=labels, validation_data=validation)
+    assert layer.state == "search"
+    assert search.reports == {}
+
+
+@pytest.mark.parametrize(
+    "monitor, batches, message",
+    [
+        ("acu", 1, "monitors 'acu', but the model logs no 'acu'. Logged at each batch: .*'loss'"),
+        ("val_acu", 1, "monitors 'val_acu', but the model logs no 'acu'"),
+        ("val_loss", 4, r"'val_loss', which is not in the logs.*validation_data"),
+        ("mpe_avg_bit", 4, "'mpe_avg_bit', which is not in the logs.*'mpe_avg_bits'"),
+    ],
+)
+def test_a_monitor_missing_from_the_logs_is_an_error_at_the_first_chance(
+    monitor, batches, message
+):
+    model, layer = _search_model()
+    counter = Batches()
+    with pytest.raises(ValueError, match=message):
+        model.fit(
+            IDS, LABELS, epochs=2, batch_size=64, verbose=0,
+            callbacks=[counter, PrecisionSearch(monitor, verbose=0)],
+        )  # fmt: skip
+    assert counter.count == batches  # the first batch, or the first epoch (4 batches)
+    assert layer.state == "search"
+
+
+def _towers_model():
+    inputs = keras.Input(shape=(3,), dtype="int32")
+    towers = [
+        keras.Sequential(
+            [MixedPrecisionEmbedding(VOCABULARY, dim, num_groups=4, name="emb"),
+             keras.layers.Flatten()],
+            name=name,
+        )(inputs)
+        for name, dim in (("a", 2), ("b", 3))
+    ]  # fmt: skip
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Concatenate()(towers)))
+    model.compile("adam", "mse")
+    return model
+
+
+def test_layers_sharing_a_name_are_reported_by_their_path():
+    model = _towers_model()
+    search = PrecisionSearch("loss", verbose=0)
+    history = model.fit(IDS, LABELS, epochs=1, batch_size=64, verbose=0, callbacks=[search])
+    assert sorted(search.reports) == ["a/emb", "b/emb"]
+    assert search.reports["a/emb"]["float32_bytes"] == VOCABULARY * 2 * 4
+    assert search.reports["b/emb"]["float32_bytes"] == VOCABULARY * 3 * 4
+    for key in ("a/emb", "b/emb"):
+        assert f"mpe_avg_bits_{key}" in history.history
+    assert "layer 'a/emb' (60 x 2)" in search.summary()
+
+
+def test_layers_sharing_a_path_are_refused():
+    class TwoTables(keras.Model):
+        def __init__(self):
+            super().__init__(name="two_tables")
+            self.first = MixedPrecisionEmbedding(VOCABULARY, 2, num_groups=4, name="emb")
+            self.second = MixedPrecisionEmbedding(VOCABULARY, 2, num_groups=4, name="emb")
+
+        def call(self, ids):
+            return tf.reduce_sum(self.first(ids) + self.second(ids), axis=[1, 2])[:, None]
+
+    model = TwoTables()
+    model.compile("adam", "mse")
+    with pytest.raises(ValueError, match=r"layers sit at \['emb'\] in model 'two_tables'"):
+        model.fit(IDS, LABELS, epochs=1, verbose=0, callbacks=[PrecisionSearch("loss")])
+
+
+@pytest.fixture(scope="module")
+def interrupted_backup(tmp_path_factory):
+    """The backup_dir of a search interrupted after its first epoch."""
+    backup = str(tmp_path_factory.mktemp("search") / "backup")
+    model, _ = _search_model()
+    with pytest.raises(KeyboardInterrupt):
+        _fit(model, PrecisionSearch("loss", backup_dir=backup, verbose=0), crash_epoch=1)
+    assert sorted(os.listdir(backup)) == [INITIAL_TABLES_FILE, STATE_FILE]
+    return backup
+
+
+def _other_tables(backup):
+    model, _ = _search_model(seed=1)
+    other = backup + "_other"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(model, PrecisionSearch("loss", backup_dir=other, verbose=0), crash_epoch=1)
+    shutil.copy(os.path.join(other, INITIAL_TABLES_FILE), backup)
+
+
+@pytest.mark.parametrize(
+    "model_kwargs, damage, problem",
+    [
+        ({"dim": 3}, None, r"other layers: 'mpe' 60 x 2, .*; this model has 'mpe' 60 x 3"),
+        ({"ids": IDS[::-1] % 7}, None, r"other layers: 'mpe' 60 x 2, bits .*, groups "),
+        ({"seed": 1}, None, "initial tables differ from this model's.*new search"),
+        ({}, lambda d: _truncate(os.path.join(d, STATE_FILE)), "state.npz cannot be read"),
+        ({}, lambda d: _truncate(os.path.join(d, INITIAL_TABLES_FILE)), "tables.npz cannot be"),
+        ({}, lambda d: os.remove(os.path.join(d, STATE_FILE)), "but not precision_search_state"),
+        ({}, lambda d: os.remove(os.path.join(d, INITIAL_TABLES_FILE)), "but not precision_s"),
+        ({}, _other_tables, "tables.npz does not hold the initial tables that"),
+    ],
+    ids=[
+        "other-shape",
+        "other-groups",
+        "other-initial-table",
+        "state-truncated",
+        "tables-truncated",
+        "state-missing",
+        "tables-missing",
+        "tables-of-another-search",
+    ],
+)
+def test_a_backup_that_is_not_this_searchs_own_is_refused_before_training(
+    interrupted_backup, tmp_path, model_kwargs, damage, problem
+):
+    backup = str(tmp_path / "backup")
+    shutil.copytree(interrupted_backup, backup)
+    if damage:
+        damage(backup)
+    model, layer = _search_model(**model_kwargs)
+    search = PrecisionSearch("loss", backup_dir=backup, verbose=0)
+    counter = Batches()
+    with pytest.raises(
+        ValueError, match=f"backup_dir={re.escape(repr(backup))}: .*{problem}"
+    ) as e:
+        model.fit(IDS, LABELS, epochs=2, verbose=0, callbacks=[search, counter])
+    assert f"To start a fresh search, delete {backup} or pass another backup_dir." in str(e.value)
+    assert counter.count == 0 and layer.state == "search"
+
+
+def test_the_same_model_built_again_resumes_from_its_backup(interrupted_backup, tmp_path):
+    backup = str(tmp_path / "backup")
+    shutil.copytree(interrupted_backup, backup)
+    model, layer = _search_model()
+    search = PrecisionSearch("loss", backup_dir=backup, verbose=0)
+    _fit(model, search)
+    assert layer.state == "retrain" and os.listdir(backup) == []
