@@ -205,6 +205,10 @@ def _search_model(dim: int = 2, seed: int = 0, ids: np.ndarray = IDS) -> tuple:
     return model, layer
 
 
+class SimulatedKillError(Exception):
+    """Stands for a killed process."""
+
+
 class Batches(keras.callbacks.Callback):
     """Counts the training batches run; fails on purpose at the start of `crash_epoch`."""
 
@@ -217,7 +221,7 @@ class Batches(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.crash_epoch:
-            raise KeyboardInterrupt("interrupted on purpose")
+            raise SimulatedKillError("interrupted on purpose")
 
 
 def _fit(model, search, y=LABELS, epochs=2, **kwargs) -> Batches:
@@ -317,7 +321,7 @@ def interrupted_backup(tmp_path_factory):
     """The backup_dir of a search interrupted after its first epoch."""
     backup = str(tmp_path_factory.mktemp("search") / "backup")
     model, _ = _search_model()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SimulatedKillError):
         _fit(model, PrecisionSearch("loss", backup_dir=backup, verbose=0), crash_epoch=1)
     assert sorted(os.listdir(backup)) == [INITIAL_TABLES_FILE, STATE_FILE]
     return backup
@@ -326,7 +330,7 @@ def interrupted_backup(tmp_path_factory):
 def _other_tables(backup):
     model, _ = _search_model(seed=1)
     other = backup + "_other"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SimulatedKillError):
         _fit(model, PrecisionSearch("loss", backup_dir=other, verbose=0), crash_epoch=1)
     shutil.copy(os.path.join(other, INITIAL_TABLES_FILE), backup)
 
