@@ -106,21 +106,23 @@ class PrecisionSearch(keras.callbacks.Callback):
     frozen, the layers stay in the search state, the optimizer is kept, and a
     backup in `backup_dir` keeps the best epoch before the failure.
 
+    **Checked backups.** Each backup file (see Interruption below) is written
+    beside its target and renamed into place, so a crash leaves the previous
+    backup whole. A backup records the layers it belongs to (keys, shapes,
+    candidate bits, a fingerprint of the frequency groups) and a sha256 of each
+    initial table; at the start of `fit`, before any step, it is refused with a
+    ValueError when it is incomplete or unreadable, when its layers differ from
+    the model's, or when its initial tables differ from the model's while the
+    model is untrained (a new search over a leftover backup; a model restored by
+    `BackupAndRestore` listed before PrecisionSearch has been trained, and
+    resumes). The message says what was found and how to start afresh: delete the
+    directory or pass another `backup_dir`.
+
     **Interruption.** Give `backup_dir` to make the search resumable, e.g. next to
     `keras.callbacks.BackupAndRestore` (which restores the model, its optimizer and
     the epoch): the initial tables and the best epoch's state are kept there and
     read back when the fit starts again, so the resumed search selects the same
-    bits as an uninterrupted one. Each file is written beside its target and
-    renamed into place, so a crash leaves the previous backup whole. The files are
-    deleted when the search ends. A backup records the layers it belongs to (keys,
-    shapes, candidate bits, a fingerprint of the frequency groups) and a sha256 of
-    each initial table; at the start of `fit` it is refused with a ValueError,
-    before any step, when it is incomplete or unreadable, when its layers differ
-    from the model's, or when its initial tables differ from the model's while the
-    model is untrained (a new search over a leftover backup; a model restored by
-    `BackupAndRestore` listed before PrecisionSearch has been trained, and resumes).
-    The message says what was found and how to start afresh: delete the directory
-    or pass another `backup_dir`.
+    bits as an uninterrupted one. The files are deleted when the search ends.
 
     Example:
 
