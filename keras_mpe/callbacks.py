@@ -1,8 +1,11 @@
 """`PrecisionSearch`: the MPE search phase as a Keras callback."""
 
+import hashlib
 import importlib.util
+import json
 import math
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,7 @@ PENALTY_START = 1e-7
 TARGET_TOLERANCE = 1.1
 STATE_FILE = "precision_search_state.npz"
 INITIAL_TABLES_FILE = "precision_search_initial_tables.npz"
+PARTIAL_SUFFIX = ".partial"
 
 
 class PrecisionSearch(keras.callbacks.Callback):
@@ -40,8 +44,8 @@ class PrecisionSearch(keras.callbacks.Callback):
     - at each epoch end adds `mpe_avg_bits` and `mpe_compression` (of the bits that
       would be selected if the search ended now, i.e. at the final temperature) to
       the logs, so they reach the progress bar, `History`
-      and TensorBoard; with several layers also `mpe_avg_bits_<layer name>` and
-      `mpe_compression_<layer name>`; and keeps the precision logits, step sizes and
+      and TensorBoard; with several layers also `mpe_avg_bits_<layer key>` and
+      `mpe_compression_<layer key>`; and keeps the precision logits, step sizes and
       offset of the best epoch by `monitor`;
     - at the end restores those, selects one bit-width per group (the largest with
       probability >= 1/(2K) at the final temperature), freezes the precision,
@@ -80,6 +84,39 @@ class PrecisionSearch(keras.callbacks.Callback):
     groups, and the allocation then follows the schedule more than the task (see
     benchmarks/README.md).
 
+    **Layer keys.** Reports, log entries and TensorBoard tags name each layer by its
+    `name`. Layers that share a name (an `"embedding"` in each of several nested
+    towers) are keyed by their path of layer names inside the model instead, e.g.
+    `"tower_a/embedding"`, so none hides another; layers that share a path too (two
+    attributes of a subclassed model given the same `name=`) are refused at the
+    start of `fit` with a ValueError: give them distinct names.
+
+    **Monitor.** A `monitor` the model does not log is an error, not a warning (as
+    Keras' `EarlyStopping` gives): the best epoch decides the selected bits, and a
+    silent fallback would change them. It is raised at the end of the first batch
+    when the metric itself (`"auc"` for `"val_auc"`) is not logged, and at the end
+    of the first epoch when its `val_` entry is missing: the search needs
+    validation at every epoch (`validation_freq=1`) to monitor a `val_` entry.
+
+    **Non-finite values.** When the loss is NaN or infinite at the end of a batch
+    (or, at an epoch end, the monitored value or a layer's precision logits, step
+    sizes or offset), the search stops at once with a RuntimeError, as
+    `keras.callbacks.TerminateOnNaN(raise_error=True)` does: nothing is selected or
+    frozen, the layers stay in the search state, the optimizer is kept, and a
+    backup in `backup_dir` keeps the best epoch before the failure.
+
+    **Checked backups.** Each backup file (see Interruption below) is written
+    beside its target and renamed into place, so a crash leaves the previous
+    backup whole. A backup records the layers it belongs to (keys, shapes,
+    candidate bits, a fingerprint of the frequency groups) and a sha256 of each
+    initial table; at the start of `fit`, before any step, it is refused with a
+    ValueError when it is incomplete or unreadable, when its layers differ from
+    the model's, or when its initial tables differ from the model's while the
+    model is untrained (a new search over a leftover backup; a model restored by
+    `BackupAndRestore` listed before PrecisionSearch has been trained, and
+    resumes). The message says what was found and how to start afresh: delete the
+    directory or pass another `backup_dir`.
+
     **Interruption.** Give `backup_dir` to make the search resumable, e.g. next to
     `keras.callbacks.BackupAndRestore` (which restores the model, its optimizer and
     the epoch): the initial tables and the best epoch's state are kept there and
@@ -111,7 +148,8 @@ class PrecisionSearch(keras.callbacks.Callback):
         verbose: 0 for silence, 1 to print the summary at the end.
 
     Attributes:
-        reports: after the search, `{layer name: layer.memory_report()}`.
+        reports: after the search, `{layer key: layer.memory_report()}` (the key is
+            the layer's name unless several layers share it, see above).
         best_epoch: the epoch (0-based) whose state was restored.
     """
 
@@ -178,6 +216,8 @@ class PrecisionSearch(keras.callbacks.Callback):
         self._epoch = 0
         self._best_value = math.inf if self.mode == "min" else -math.inf
         self._best_states: list[dict] | None = None
+        self._keys = _layer_keys(self.model, self._layers)
+        self._monitor_checked = False
         self._initial_tables = [layer.embeddings.numpy() for layer in self._layers]
         if self.backup_dir is not None:
             self._restore_backup()
@@ -230,6 +270,11 @@ class PrecisionSearch(keras.callbacks.Callback):
             self._set_temperature(step / (self._epochs * self._steps))
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        if "loss" in logs and not math.isfinite(float(logs["loss"])):
+            self._stop_on_non_finite(f"the loss is {float(logs['loss'])} at batch {batch}")
+        if not self._monitor_checked:
+            self._check_monitor_is_logged(logs)
         if self.target_compression is None:
             return
         total = self._epochs * self._steps if self._steps else PENALTY_UPDATES
@@ -254,9 +299,40 @@ class PrecisionSearch(keras.callbacks.Callback):
         factor = float(np.clip(aim / ratio, *PENALTY_FACTOR_RANGE))
         layer.bit_penalty.assign(float(layer.bit_penalty.numpy()) * factor)
 
+    def _check_monitor_is_logged(self, logs: dict) -> None:
+        """At the first batch: the monitor's metric must be logged (its `val_` twin is
+        checked at the first epoch end). `mpe_` entries are added at epoch ends."""
+        self._monitor_checked = True
+        metric = self.monitor.removeprefix("val_")
+        if metric not in logs and not self.monitor.startswith("mpe_"):
+            raise ValueError(
+                f"PrecisionSearch monitors {self.monitor!r}, but the model logs no "
+                f"{metric!r}. Logged at each batch: {sorted(logs)}; at each epoch end "
+                "PrecisionSearch adds 'mpe_avg_bits' and 'mpe_compression', and validation "
+                "adds 'val_' entries. Choose `monitor` among these, e.g. "
+                f"monitor='val_loss'. Received: monitor={self.monitor!r}"
+            )
+
+    def _stop_on_non_finite(self, what: str) -> None:
+        backup = (
+            f" The backup in backup_dir={self.backup_dir!r} keeps the best epoch before "
+            "this one; delete it (or pass another backup_dir) to search afresh."
+            if self.backup_dir is not None and self._best_states is not None
+            else ""
+        )
+        raise RuntimeError(
+            f"PrecisionSearch stopped the search in epoch {self._epoch + 1}: {what}. No "
+            "precision was selected or frozen: the layers stay in the search state, with "
+            "the values of the failed step. Lower the learning rate or `bit_penalty`, "
+            "check the inputs for NaN, and run the search again from a fresh model." + backup
+        )
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
-        reports = [layer.memory_report(_selection(layer)) for layer in self._layers]
+        reports = {
+            key: layer.memory_report(_selection(layer))
+            for key, layer in zip(self._keys, self._layers, strict=True)
+        }
         logs.update(_log_entries(self._layers, reports))
         if self.monitor not in logs:
             raise ValueError(
@@ -265,24 +341,22 @@ class PrecisionSearch(keras.callbacks.Callback):
                 "entries, or choose `monitor` among these."
             )
         value = float(logs[self.monitor])
+        states = [_precision_state(layer) for layer in self._layers]
+        if not math.isfinite(value):
+            self._stop_on_non_finite(f"{self.monitor} is {value}")
+        for key, state in zip(self._keys, states, strict=True):
+            for name, array in state.items():
+                if not np.isfinite(array).all():
+                    self._stop_on_non_finite(f"layer '{key}' has non-finite `{name}`")
         improved = value < self._best_value if self.mode == "min" else value > self._best_value
         if improved or self._best_states is None:
             self._best_value = value
             self.best_epoch = epoch
-            self._best_states = [
-                {
-                    "precision_logits": layer.precision_logits.numpy(),
-                    "log_step_sizes": layer.log_step_sizes.numpy(),
-                    "relative_offset": layer.relative_offset.numpy(),
-                }
-                for layer in self._layers
-            ]
+            self._best_states = states
         if self._writer is not None:
             with self._writer.as_default():
-                for layer in self._layers:
-                    tf.summary.histogram(
-                        f"{layer.name}/expected_bits", layer.expected_bits(), step=epoch
-                    )
+                for key, layer in zip(self._keys, self._layers, strict=True):
+                    tf.summary.histogram(f"{key}/expected_bits", layer.expected_bits(), step=epoch)
             self._writer.flush()
         if self.backup_dir is not None:
             self._save_backup()
@@ -294,8 +368,8 @@ class PrecisionSearch(keras.callbacks.Callback):
                 "PrecisionSearch saw no completed epoch, so it has no precision to select. "
                 "Run the search `fit` for at least one epoch."
             )
-        for layer, state, initial in zip(
-            self._layers, self._best_states, self._initial_tables, strict=True
+        for key, layer, state, initial in zip(
+            self._keys, self._layers, self._best_states, self._initial_tables, strict=True
         ):
             for name, value in state.items():
                 getattr(layer, name).assign(value)
@@ -306,14 +380,15 @@ class PrecisionSearch(keras.callbacks.Callback):
             layer.freeze_precision(bits)
             if self.rewind:
                 layer.embeddings.assign(initial)
-            self.reports[layer.name] = layer.memory_report()
+            self.reports[key] = layer.memory_report()
         self._initial_tables = []
         self._reset_optimizer()
         if self.backup_dir is not None:
             for name in (STATE_FILE, INITIAL_TABLES_FILE):
                 path = os.path.join(self.backup_dir, name)
-                if os.path.exists(path):
-                    os.remove(path)
+                for leftover in (path, path + PARTIAL_SUFFIX):
+                    if os.path.exists(leftover):
+                        os.remove(leftover)
         if self.verbose:
             print(self.summary())
 
@@ -329,10 +404,10 @@ class PrecisionSearch(keras.callbacks.Callback):
         if not self.reports:
             return "PrecisionSearch: no search has finished yet."
         lines = []
-        for layer in self._layers:
-            report = self.reports[layer.name]
+        for key, layer in zip(self._keys, self._layers, strict=True):
+            report = self.reports[key]
             lines.append(
-                f"PrecisionSearch: layer '{layer.name}' ({layer.input_dim} x "
+                f"PrecisionSearch: layer '{key}' ({layer.input_dim} x "
                 f"{layer.output_dim}), best epoch {self.best_epoch + 1} by "
                 f"{self.monitor}={self._best_value:.5g}"
             )
@@ -363,24 +438,100 @@ class PrecisionSearch(keras.callbacks.Callback):
         }
         arrays["best_value"] = np.float64(self._best_value)
         arrays["best_epoch"] = np.int64(self.best_epoch)
+        arrays["model"] = np.array(json.dumps(self._backup_identity()))
         _save_npz(os.path.join(self.backup_dir, STATE_FILE), arrays)
 
-    def _restore_backup(self) -> None:
-        tables = os.path.join(self.backup_dir, INITIAL_TABLES_FILE)
-        if not os.path.exists(tables):
-            return
-        with np.load(tables) as stored:
-            self._initial_tables = [stored[f"{i}"] for i in range(len(self._layers))]
-        with np.load(os.path.join(self.backup_dir, STATE_FILE)) as stored:
-            self._best_value = float(stored["best_value"])
-            self.best_epoch = int(stored["best_epoch"])
-            self._best_states = [
+    def _backup_identity(self) -> dict:
+        """What a backup belongs to: per layer its key, shape, candidate bits and
+        fingerprints of its frequency groups and of its initial table."""
+        return {
+            "layers": [
                 {
-                    name: stored[f"{i}/{name}"]
-                    for name in ("precision_logits", "log_step_sizes", "relative_offset")
+                    "layer": key,
+                    "shape": [int(layer.input_dim), int(layer.output_dim)],
+                    "bit_widths": [int(b) for b in layer.bit_widths],
+                    "groups": _fingerprint(layer.id_to_group.numpy()),
+                    "initial_table": table,
                 }
-                for i in range(len(self._layers))
+                for key, layer, table in zip(
+                    self._keys, self._layers, self._table_fingerprints, strict=True
+                )
             ]
+        }
+
+    def _restore_backup(self) -> None:
+        """Resumes from a backup in `backup_dir`, after checking that it is complete,
+        readable and this search's own: same layers (keys, shapes, candidate bits,
+        frequency groups), and initial tables that are this model's, unless the model
+        has already been trained (restored, e.g. by `BackupAndRestore`)."""
+        self._table_fingerprints = [_fingerprint(table) for table in self._initial_tables]
+        state_path, tables_path = (
+            os.path.join(self.backup_dir, name) for name in (STATE_FILE, INITIAL_TABLES_FILE)
+        )
+        present = [os.path.exists(path) for path in (state_path, tables_path)]
+        if not any(present):
+            return
+        if not all(present):
+            found, missing = (STATE_FILE, INITIAL_TABLES_FILE)[:: 1 if present[0] else -1]
+            self._backup_error(
+                f"it holds {found} but not {missing}, so the backup is incomplete (a run "
+                "stopped while writing it, or a file was removed)"
+            )
+        stored = self._read_backup_file(state_path)
+        if "model" not in stored:
+            self._backup_error(
+                f"{STATE_FILE} does not say which model it belongs to (an older keras_mpe "
+                "wrote it)"
+            )
+        found = json.loads(str(stored["model"]))
+        expected = self._backup_identity()
+        if _without_tables(found) != _without_tables(expected):
+            self._backup_error(
+                f"it holds the search of other layers: {_describe(found)}; this model "
+                f"has {_describe(expected)}"
+            )
+        tables = self._read_backup_file(tables_path)
+        initial_tables = [tables.get(f"{i}") for i in range(len(self._layers))]
+        fingerprints = [None if t is None else _fingerprint(t) for t in initial_tables]
+        if fingerprints != [layer["initial_table"] for layer in found["layers"]]:
+            self._backup_error(
+                f"{INITIAL_TABLES_FILE} does not hold the initial tables that {STATE_FILE} "
+                "records (their fingerprints differ): the files come from different "
+                "searches, or one is damaged"
+            )
+        trained = int(self.model.optimizer.iterations.numpy()) > 0
+        if fingerprints != self._table_fingerprints and not trained:
+            self._backup_error(
+                "it was written by a search whose initial tables differ from this "
+                "model's, and this model has not been trained yet (its optimizer has "
+                "taken no step), so this is a new search. To resume instead, build the "
+                "model as before (same seed), or list `BackupAndRestore` before "
+                "PrecisionSearch in `callbacks` so that it restores the model first"
+            )
+        self._initial_tables = initial_tables
+        self._table_fingerprints = fingerprints
+        self._best_value = float(stored["best_value"])
+        self.best_epoch = int(stored["best_epoch"])
+        self._best_states = [
+            {name: stored[f"{i}/{name}"] for name in _precision_state(layer)}
+            for i, layer in enumerate(self._layers)
+        ]
+
+    def _read_backup_file(self, path: str) -> dict[str, np.ndarray]:
+        try:
+            with np.load(path) as stored:
+                return {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            self._backup_error(
+                f"{os.path.basename(path)} cannot be read ({type(error).__name__}: "
+                f"{error}); it is truncated or damaged"
+            )
+
+    def _backup_error(self, problem: str) -> None:
+        raise ValueError(
+            f"PrecisionSearch cannot resume from backup_dir={self.backup_dir!r}: {problem}. "
+            f"To start a fresh search, delete {self.backup_dir} or pass another backup_dir."
+        )
 
 
 def fit_to_budget(
@@ -428,23 +579,57 @@ def _selection(layer: MixedPrecisionEmbedding) -> np.ndarray:
     return layer.select_group_bits(layer.final_temperature)
 
 
-def _log_entries(layers: list[MixedPrecisionEmbedding], reports: list[dict]) -> dict:
-    """`mpe_avg_bits` and `mpe_compression` over all tables, and per layer if several."""
+def _log_entries(layers: list[MixedPrecisionEmbedding], reports: dict[str, dict]) -> dict:
+    """`mpe_avg_bits` and `mpe_compression` over all tables, and per layer if several
+    (`reports` maps each layer's key to its memory report, in the order of `layers`)."""
     values = sum(layer.input_dim * layer.output_dim for layer in layers)
-    float32_bytes = sum(r["float32_bytes"] for r in reports)
+    float32_bytes = sum(r["float32_bytes"] for r in reports.values())
     entries = {
         "mpe_avg_bits": sum(
             r["average_bits"] * layer.input_dim * layer.output_dim
-            for layer, r in zip(layers, reports, strict=True)
+            for layer, r in zip(layers, reports.values(), strict=True)
         )
         / values,
-        "mpe_compression": float32_bytes / sum(r["total_bytes"] for r in reports),
+        "mpe_compression": float32_bytes / sum(r["total_bytes"] for r in reports.values()),
     }
     if len(layers) > 1:
-        for layer, report in zip(layers, reports, strict=True):
-            entries[f"mpe_avg_bits_{layer.name}"] = report["average_bits"]
-            entries[f"mpe_compression_{layer.name}"] = report["compression_ratio"]
+        for key, report in reports.items():
+            entries[f"mpe_avg_bits_{key}"] = report["average_bits"]
+            entries[f"mpe_compression_{key}"] = report["compression_ratio"]
     return entries
+
+
+def _layer_keys(model: Any, layers: list[MixedPrecisionEmbedding]) -> list[str]:
+    """The key of each layer in reports and logs: its name, or, for layers that share
+    a name (one per nested model, say), its path of layer names inside `model`,
+    e.g. `"tower_a/embedding"`."""
+    paths: dict[int, str] = {}
+
+    def walk(parent: Any, prefix: str) -> None:
+        for child in parent._flatten_layers(include_self=False, recursive=False):
+            paths.setdefault(id(child), prefix + child.name)
+            walk(child, prefix + child.name + "/")
+
+    walk(model, "")
+    names = [layer.name for layer in layers]
+    keys = [paths[id(layer)] if names.count(layer.name) > 1 else layer.name for layer in layers]
+    shared = sorted({key for key in keys if keys.count(key) > 1})
+    if shared:
+        raise ValueError(
+            f"Several MixedPrecisionEmbedding layers sit at {shared} in model "
+            f"{model.name!r}; PrecisionSearch reports and logs each layer by its name, or "
+            "by its path of names when names repeat. Give these layers distinct `name=`."
+        )
+    return keys
+
+
+def _precision_state(layer: MixedPrecisionEmbedding) -> dict[str, np.ndarray]:
+    """The variables the search keeps from its best epoch."""
+    return {
+        "precision_logits": layer.precision_logits.numpy(),
+        "log_step_sizes": layer.log_step_sizes.numpy(),
+        "relative_offset": layer.relative_offset.numpy(),
+    }
 
 
 def _is_number(value: Any) -> bool:
@@ -456,7 +641,31 @@ def _is_number(value: Any) -> bool:
 
 
 def _save_npz(path: str, arrays: dict) -> None:
-    """Writes `arrays` to `path` atomically (a crash leaves the old file)."""
-    partial = path + ".partial.npz"
-    np.savez(partial, **arrays)
+    """Writes `arrays` to `path` atomically: to a file beside it, flushed to disk, then
+    renamed over it (a crash leaves the old file and at most a `.partial` one)."""
+    partial = path + PARTIAL_SUFFIX
+    with open(partial, "wb") as file:
+        np.savez(file, **arrays)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(partial, path)
+
+
+def _fingerprint(array: np.ndarray) -> str:
+    """sha256 of an array's bytes."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _without_tables(identity: dict) -> list[dict]:
+    return [
+        {key: value for key, value in layer.items() if key != "initial_table"}
+        for layer in identity["layers"]
+    ]
+
+
+def _describe(identity: dict) -> str:
+    return "; ".join(
+        f"'{layer['layer']}' {layer['shape'][0]} x {layer['shape'][1]}, bits "
+        f"{layer['bit_widths']}, groups {layer['groups'][:12]}"
+        for layer in identity["layers"]
+    )

@@ -4,7 +4,9 @@ Subcommands:
 
 - `keras-mpe inspect DIR [--json]`: per packed table of a SavedModel written by
   `keras_mpe.export_saved_model`, the bits histogram over groups and rows, payload and
-  overhead bytes and the compression (see `keras_mpe.inspect`).
+  overhead bytes and the compression (see `keras_mpe.inspect`). A missing, incomplete
+  or corrupted export prints one line, `keras-mpe inspect: error: ...`, naming the
+  file, and exits with code 1.
 - `keras-mpe demo [--smoke] [...]`: the end-to-end demo (see `keras_mpe.demo`).
 """
 
@@ -70,8 +72,9 @@ def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
 def _inspect_command(args: argparse.Namespace) -> int:
     try:
         reports = inspect(args.export_dir)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"keras-mpe inspect: error: {error}", file=sys.stderr)
+    except (OSError, ValueError) as error:
+        message = " ".join(str(error).split())  # one line
+        print(f"keras-mpe inspect: error: {message}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(reports, indent=1))

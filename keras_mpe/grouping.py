@@ -6,13 +6,21 @@ without counts (all frequencies 0) follow the convention of Keras' `StringLookup
 id 0 is the most frequent, the last id the rarest.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 _CHUNK = 1 << 20
+# Inputs `count_frequencies` refuses (as `data` or as a dataset's elements), and what
+# to pass instead.
+_UNSUPPORTED = (
+    ((tf.RaggedTensor, tf.RaggedTensorSpec), "count its `flat_values` instead"),
+    ((tf.SparseTensor, tf.SparseTensorSpec), "count its `values` instead"),
+    (Iterator, "wrap it in `tf.data.Dataset.from_generator`, or pass an array"),
+    (dict, "pass the id feature alone, e.g. `data['user_id']`"),
+)
 
 
 def _integer_chunks(data: Any) -> Iterable[np.ndarray]:
@@ -50,11 +58,23 @@ def count_frequencies(data: Any, input_dim: int) -> np.ndarray:
     Returns:
         int64 `[input_dim]` counts.
 
+    Raises:
+        TypeError: `data` is a ragged or sparse tensor, a generator or iterator, or a
+            dict; the message says what to pass instead.
+
     Example:
 
     >>> count_frequencies(np.array([[0, 2], [2, 2]]), 4)
     array([1, 0, 3, 0])
     """
+    element = data.element_spec if isinstance(data, tf.data.Dataset) else data
+    for kinds, instead in _UNSUPPORTED:
+        if isinstance(element, kinds):
+            of = f" of {type(element).__name__}" if element is not data else ""
+            raise TypeError(
+                "`data` must be a numpy array, a tensor or a tf.data.Dataset of integer ids. "
+                f"Received: data of type {type(data).__name__}{of}; {instead}."
+            )
     counts = np.zeros(input_dim, dtype=np.int64)
     for chunk in _integer_chunks(data):
         if chunk.size == 0:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from keras_mpe import codec
@@ -46,13 +47,18 @@ def inspect(export_dir: str) -> dict[str, dict[str, Any]]:
         `stored_bytes` (bytes of the table's arrays in the checkpoint) and, from
         `keras_mpe.precision.memory_report`, `average_bits`, `payload_bytes`,
         `overhead_bytes`, `total_bytes`, `float32_bytes`, `compression_ratio` (with
-        overhead) and `payload_compression_ratio` (payload only).
+        overhead) and `payload_compression_ratio` (payload only). Tables whose
+        layers share a name (nested models may hold several `"embedding"` layers)
+        are keyed `"<name> (tables/<index>)"` by their place in the SavedModel,
+        so none hides another; a name used once is the key as it is.
 
     Raises:
         FileNotFoundError: `export_dir` holds no SavedModel checkpoint or no
             `assets.extra/keras_mpe.json`.
-        ValueError: the checkpoint's arrays do not form the packed layout the
-            metadata describes.
+        ValueError: the metadata is not valid JSON of the expected form, the
+            checkpoint cannot be read (truncated or corrupted files), or its arrays
+            do not form the packed layout the metadata describes; the message names
+            the file.
 
     Example:
 
@@ -79,15 +85,35 @@ def inspect(export_dir: str) -> dict[str, dict[str, Any]]:
             f"`export_dir` {export_dir!r} holds no SavedModel checkpoint "
             f"({prefix}.index is missing)."
         )
-    reader = tf.train.load_checkpoint(prefix)
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+        arrays = []
+        for table in metadata["tables"]:
+            keys = _variable_keys(graph, table["object_path"], table["name"])
+            arrays.append({field: reader.get_tensor(key) for field, key in keys.items()})
+    except (tf.errors.OpError, DecodeError, IndexError) as error:
+        raise ValueError(
+            f"The SavedModel checkpoint {prefix} cannot be read ({_first_line(error)}); the "
+            "export is "
+            "incomplete or corrupted. Export the model again with "
+            "`keras_mpe.export_saved_model`."
+        ) from error
+    names = [table["name"] for table in metadata["tables"]]
     reports = {}
-    for table in metadata["tables"]:
-        keys = _variable_keys(graph, table["object_path"], table["name"])
-        arrays = {field: reader.get_tensor(key) for field, key in keys.items()}
-        reports[table["name"]] = _table_report(table, arrays)
+    for table, table_arrays in zip(metadata["tables"], arrays, strict=True):
+        key = table["name"]
+        if names.count(key) > 1:
+            key = f"{key} ({'/'.join(table['object_path'])})"
+        reports[key] = _table_report(table, table_arrays)
     return reports
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of `error`'s message (TensorFlow's run over several), or its type."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _variable_keys(graph: Any, path: list[str], table: str) -> dict[str, str]:

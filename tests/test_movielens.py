@@ -48,6 +48,30 @@ def _files(name: str = "ml-100k") -> dict[str, bytes]:
     }
 
 
+def _pin(monkeypatch, files: dict[str, bytes], variant: str = "100k") -> None:
+    """Makes `files` the pinned MovieLens files (size and sha256) of `variant`."""
+    pins = {
+        name.rsplit(".", 1)[1]: (len(content), hashlib.sha256(content).hexdigest())
+        for name, content in files.items()
+    }
+    monkeypatch.setitem(datasets._MOVIELENS_FILES, variant, pins)
+
+
+def use_fake_movielens(monkeypatch) -> None:
+    """Offline: pip fails unless a test fakes it; the tiny files below are the pinned ones."""
+
+    def offline(command, **kwargs):
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: network is unreachable")
+
+    monkeypatch.setattr(datasets.subprocess, "run", offline)
+    _pin(monkeypatch, _files())
+
+
+@pytest.fixture(autouse=True)
+def fake_movielens(monkeypatch):
+    use_fake_movielens(monkeypatch)
+
+
 def _write_cache(root: Path) -> Path:
     target = root / "ml-100k"
     target.mkdir(parents=True)
@@ -195,9 +219,10 @@ def test_rejects_bad_arguments(tmp_path, kwargs, message):
         load_movielens(cache_dir=tmp_path, **kwargs)
 
 
-def test_malformed_file_names_the_problem(tmp_path):
+def test_malformed_file_names_the_problem(tmp_path, monkeypatch):
     root = _write_cache(tmp_path)
     (root / "ml-100k" / "ml-100k.user").write_text("user_id:token\tage:token\n1\t24\n")
+    _pin(monkeypatch, {p.name: p.read_bytes() for p in (root / "ml-100k").iterdir()})
     with pytest.raises(ValueError, match="gender"):
         load_movielens("100k", cache_dir=root)
 
@@ -206,7 +231,8 @@ REAL_CACHE = Path("~/.keras/datasets/keras_mpe/ml-100k/ml-100k.inter").expanduse
 
 
 @pytest.mark.skipif(not REAL_CACHE.is_file(), reason="MovieLens-100K is not cached here")
-def test_real_movielens_100k_from_cache():
+def test_real_movielens_100k_from_cache(monkeypatch):
+    monkeypatch.undo()  # the real pinned files, not the fake ones
     data = load_movielens("100k")
     assert data.train[0].shape == (80_000, 8) and data.test[0].shape == (10_000, 8)
     assert data.vocabulary_sizes[data.field_names.index("gender")] == 3  # OOV, M, F
