@@ -56,13 +56,27 @@ def read(export_dir: str) -> dict[str, Any]:
             f"`export_dir` {export_dir!r} is not a keras_mpe export: {path} is missing. "
             "Pass a directory written by `keras_mpe.export_saved_model`."
         )
-    with tf.io.gfile.GFile(path) as file:
-        metadata = json.load(file)
-    if metadata.get("format") != FORMAT:
+    try:
+        with tf.io.gfile.GFile(path) as file:
+            metadata = json.load(file)
+    except (ValueError, tf.errors.OpError) as error:  # bad JSON or UTF-8; unreadable
+        lines = str(error).strip().splitlines()
+        raise ValueError(
+            f"{path} cannot be read as JSON ({lines[0] if lines else type(error).__name__})."
+            " Export the model again with `keras_mpe.export_saved_model`."
+        ) from error
+    if isinstance(metadata, dict) and metadata.get("format") != FORMAT:
         raise ValueError(
             f"{path} has format {metadata.get('format')!r}; this keras_mpe reads format {FORMAT}."
         )
-    for index, table in enumerate(metadata.get("tables", [])):
+    tables = metadata.get("tables") if isinstance(metadata, dict) else None
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ValueError(
+            f"{path} must hold a JSON object whose 'tables' is a list of objects; it holds "
+            f"{json.dumps(metadata)[:200]}. Export the model again with "
+            "`keras_mpe.export_saved_model`."
+        )
+    for index, table in enumerate(tables):
         missing = sorted(set(TABLE_KEYS) - set(table))
         if missing:
             raise ValueError(

@@ -19,7 +19,7 @@ from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, cli, datasets
 from keras_mpe.backend import keras
 from keras_mpe.callbacks import INITIAL_TABLES_FILE, STATE_FILE
 from keras_mpe.datasets import MovieLensUnavailableError, load_movielens
-from keras_mpe.export import METADATA_FILE
+from keras_mpe.metadata import FILE as METADATA_FILE
 
 # ------------------------------------------------------------------------- adapt
 
