@@ -315,8 +315,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         >>> layer.id_to_group.numpy()
         array([1, 0, 0, 1], dtype=uint32)
         """
-        if not self.built:
-            self.build()
+        self._build_if_needed()
         if self.state == RETRAIN:
             raise ValueError(
                 f"Layer '{self.name}' is in the retrain state: its frozen bits belong to "
@@ -416,13 +415,22 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         return self.bit_penalty * searching * weighted
 
     # -------------------------------------------------------------- precision
+    def _build_if_needed(self) -> None:
+        """Builds the layer for the methods that read its variables: they depend on
+        the constructor arguments only, as `adapt()` and a first call build them."""
+        if not self.built:
+            self.build()
+
     @property
     def state(self) -> str:
-        """`"search"` or `"retrain"`."""
+        """`"search"` or `"retrain"` (an unbuilt layer is in the search state)."""
+        if not self.built:
+            return SEARCH
         return RETRAIN if int(self.precision_frozen.numpy()) else SEARCH
 
     def expected_bits(self) -> np.ndarray:
         """Per-group expected bits `sum_k p_{g,k} * b_k`, float32 `[groups]`."""
+        self._build_if_needed()
         return self._expected_bits().numpy()
 
     def select_group_bits(self, temperature: float | None = None) -> np.ndarray:
@@ -434,6 +442,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
 
         Returns int32 `[groups]`.
         """
+        self._build_if_needed()
         index = precision.selected_index(self._probabilities(temperature)).numpy()
         return np.asarray(self.bit_widths, np.int32)[index]
 
@@ -449,6 +458,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             group_bits: per-group bits, `[groups]` values from the candidate
                 `bit_widths`; by default `select_group_bits()`.
         """
+        self._build_if_needed()
         chosen = self.select_group_bits() if group_bits is None else group_bits
         chosen = np.asarray(chosen)
         if (
@@ -482,6 +492,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         >>> layer.memory_report()["payload_bytes"]
         3000
         """
+        self._build_if_needed()
         id_to_group = self.id_to_group.numpy()
         if group_bits is not None:
             bits = checks.float_array("group_bits", group_bits, (self.groups,), "one per group")

@@ -737,3 +737,18 @@ def test_h5_round_trip_of_the_retrain_state(tmp_path):
     assert loaded.get_layer("mpe").state == "retrain"
     ids = rng.integers(0, 50, size=(8, 3))
     np.testing.assert_array_equal(loaded.predict(ids, verbose=0), model.predict(ids, verbose=0))
+
+
+def test_methods_of_an_unbuilt_layer_build_it_first():
+    """As `adapt()` does: the variables depend on the constructor arguments only."""
+    layer = MixedPrecisionEmbedding(40, 4, num_groups=4, bit_widths=(0, 2, 4))
+    assert layer.state == "search" and not layer.built
+    np.testing.assert_allclose(layer.expected_bits(), [2.0] * 4)  # uniform over 0, 2, 4
+    fresh = MixedPrecisionEmbedding(40, 4, num_groups=4, bit_widths=(0, 2, 4))
+    assert fresh.select_group_bits().tolist() == [4, 4, 4, 4]
+    other = MixedPrecisionEmbedding(40, 4, num_groups=4, bit_widths=(0, 2, 4))
+    # 4 groups of 10 rows x 4 values at 2 expected bits: 80 bits, 3 words each
+    assert other.memory_report()["payload_bytes"] == 4 * 3 * 4
+    frozen = MixedPrecisionEmbedding(40, 4, num_groups=4, bit_widths=(0, 2, 4))
+    frozen.freeze_precision([0, 2, 4, 4])
+    assert frozen.state == "retrain"
