@@ -42,8 +42,8 @@ import numpy as np
 
 import keras_mpe
 from keras_mpe.backend import IS_KERAS_3, keras
-from keras_mpe.callbacks import fit_to_budget
 from keras_mpe.datasets import synthetic_ctr
+from keras_mpe.precision import fit_to_budget
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -182,7 +182,10 @@ def run_method(
         model = build(layer, fields)
         model.build((None, fields))
         all_four = np.full(layer.num_groups, 4)
-        layer.freeze_precision(fit_to_budget(layer, all_four, float(method.split("-")[1])))
+        target = float(method.split("-")[1])
+        report = layer.memory_report(all_four)
+        bits = fit_to_budget(report, layer.bit_widths, layer.group_masses.numpy(), target)
+        layer.freeze_precision(bits)
         reader = fit_with_rewind(model, layer, train, validation, test, epochs, batch)
         return mpe_result(model, layer, reader)
     search = {"monitor": "val_auc", "verbose": 0}

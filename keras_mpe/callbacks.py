@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import precision
+from keras_mpe import checks, precision
 from keras_mpe.backend import keras
 from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding, find_mixed_precision_layers
 
@@ -24,7 +24,6 @@ PENALTY_UPDATES = 200
 PENALTY_FACTOR_RANGE = (0.8, 1.25)
 # The penalty a target starts from when the layer's own `bit_penalty` is 0.
 PENALTY_START = 1e-7
-TARGET_TOLERANCE = 1.1
 STATE_FILE = "precision_search_state.npz"
 INITIAL_TABLES_FILE = "precision_search_initial_tables.npz"
 PARTIAL_SUFFIX = ".partial"
@@ -37,7 +36,7 @@ class PrecisionSearch(keras.callbacks.Callback):
     `MixedPrecisionEmbedding` in the model, nested ones included, and:
 
     - anneals each layer's softmax temperature geometrically from
-      `initial_temperature` down to the layer's own `temperature`, over the whole
+      `initial_temperature` down to the layer's own `final_temperature`, over the whole
       fit, so the precision distributions explore before they settle;
     - with `target_compression=R`, steers each layer's bit penalty so the table's
       compression ratio (with overhead) approaches `1.05 * R` (the rule is below);
@@ -141,7 +140,7 @@ class PrecisionSearch(keras.callbacks.Callback):
         target_compression: optional compression ratio R > 1 (float32 bytes over
             packed bytes, overhead included) that every table must reach.
         initial_temperature: the temperature the search starts at, >= each layer's
-            `temperature`; `None` keeps the layers' temperature constant.
+            `final_temperature`; `None` keeps the layers' temperature constant.
         backup_dir: optional directory for the state that makes a search resumable.
         log_dir: optional TensorBoard log directory; per epoch, a histogram of each
             layer's per-group expected bits is written under `<log_dir>/mpe`.
@@ -170,14 +169,14 @@ class PrecisionSearch(keras.callbacks.Callback):
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"`mode` must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
         if target_compression is not None and not (
-            _is_number(target_compression) and target_compression > 1
+            checks.is_number(target_compression) and target_compression > 1
         ):
             raise ValueError(
                 "`target_compression` must be a number > 1 (float32 bytes over packed bytes). "
                 f"Received: target_compression={target_compression!r}"
             )
         if initial_temperature is not None and not (
-            _is_number(initial_temperature) and initial_temperature > 0
+            checks.is_number(initial_temperature) and initial_temperature > 0
         ):
             raise ValueError(
                 "`initial_temperature` must be a number > 0 or None. "
@@ -243,7 +242,7 @@ class PrecisionSearch(keras.callbacks.Callback):
         if self.initial_temperature is not None:
             if self.initial_temperature < layer.final_temperature:
                 raise ValueError(
-                    f"`initial_temperature` must be >= the temperature of layer "
+                    f"`initial_temperature` must be >= the final_temperature of layer "
                     f"'{layer.name}' ({layer.final_temperature}), the value the schedule "
                     f"ends at. Received: initial_temperature={self.initial_temperature!r}"
                 )
@@ -295,7 +294,7 @@ class PrecisionSearch(keras.callbacks.Callback):
 
     def _steer_penalty(self, layer: MixedPrecisionEmbedding) -> None:
         ratio = layer.memory_report(_selection(layer))["compression_ratio"]
-        aim = self.target_compression * (1 + TARGET_TOLERANCE) / 2
+        aim = self.target_compression * (1 + precision.TARGET_TOLERANCE) / 2
         factor = float(np.clip(aim / ratio, *PENALTY_FACTOR_RANGE))
         layer.bit_penalty.assign(float(layer.bit_penalty.numpy()) * factor)
 
@@ -376,7 +375,12 @@ class PrecisionSearch(keras.callbacks.Callback):
             layer.temperature.assign(layer.final_temperature)
             bits = layer.select_group_bits()
             if self.target_compression is not None:
-                bits = fit_to_budget(layer, bits, self.target_compression)
+                bits = precision.fit_to_budget(
+                    layer.memory_report(bits),
+                    layer.bit_widths,
+                    layer.group_masses.numpy(),
+                    self.target_compression,
+                )
             layer.freeze_precision(bits)
             if self.rewind:
                 layer.embeddings.assign(initial)
@@ -534,45 +538,6 @@ class PrecisionSearch(keras.callbacks.Callback):
         )
 
 
-def fit_to_budget(
-    layer: MixedPrecisionEmbedding, group_bits: np.ndarray, target: float
-) -> np.ndarray:
-    """Moves per-group bits one candidate at a time until the compression ratio is in
-    `[target, 1.1 * target]`: down from the rarest group while below the target, then
-    up from the most frequent group while above 1.1 x target (never below target).
-
-    Example:
-
-    >>> layer = MixedPrecisionEmbedding(1000, 16, num_groups=4)
-    >>> layer.build()
-    >>> fit_to_budget(layer, np.array([4, 4, 4, 4]), target=16.0)
-    array([0, 0, 3, 4], dtype=int32)
-    """
-    report = layer.memory_report(group_bits)
-    rows, overhead = report["rows_per_group"], report["overhead_bytes"]
-    float32_bytes = report["float32_bytes"]
-
-    def ratio(bits: np.ndarray) -> float:
-        payload = 4 * int(precision.payload_words(rows, bits, layer.output_dim).sum())
-        return float32_bytes / (payload + overhead)
-
-    candidates = list(layer.bit_widths)
-    bits = np.asarray(group_bits, np.int32).copy()
-    # rarest first: lookups per row of each group
-    order = np.argsort(layer.group_masses.numpy() / np.maximum(rows, 1), kind="stable")
-    for group in order:
-        while ratio(bits) < target and bits[group] > candidates[0]:
-            bits[group] = candidates[candidates.index(bits[group]) - 1]
-    for group in order[::-1]:
-        while ratio(bits) > TARGET_TOLERANCE * target and bits[group] < candidates[-1]:
-            higher = bits.copy()
-            higher[group] = candidates[candidates.index(bits[group]) + 1]
-            if ratio(higher) < target:
-                break
-            bits = higher
-    return bits
-
-
 def _selection(layer: MixedPrecisionEmbedding) -> np.ndarray:
     """The bits that would be selected if the search ended now: at the layer's final
     temperature, where the search is heading at any point of the schedule."""
@@ -630,14 +595,6 @@ def _precision_state(layer: MixedPrecisionEmbedding) -> dict[str, np.ndarray]:
         "log_step_sizes": layer.log_step_sizes.numpy(),
         "relative_offset": layer.relative_offset.numpy(),
     }
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float, np.integer, np.floating))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
 
 
 def _save_npz(path: str, arrays: dict) -> None:

@@ -6,12 +6,15 @@ not contiguous id ranges, a packed id-to-row permutation.
 """
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 GROUP_FIELDS = 3  # first row, first word, bit-width: one uint32 each
+# a budget of R is met by a compression ratio in [R, TARGET_TOLERANCE * R]
+TARGET_TOLERANCE = 1.1
 
 
 def selected_index(probabilities: Any) -> tf.Tensor:
@@ -121,3 +124,51 @@ def memory_report(
         "compression_ratio": float32_bytes / total,
         "payload_compression_ratio": (float32_bytes / payload if payload else float("inf")),
     }
+
+
+def fit_to_budget(
+    report: dict, candidates: Sequence[int], group_masses: np.ndarray, target: float
+) -> np.ndarray:
+    """Moves per-group bits one candidate at a time until the compression ratio (with
+    overhead) is in `[target, TARGET_TOLERANCE * target]`: down from the rarest group
+    (fewest lookups per row) while below the target, then up from the most frequent
+    group while above the window, never below the target.
+
+    Args:
+        report: `memory_report` of the starting per-group bits (its `group_bits`,
+            `rows_per_group`, `overhead_bytes` and `float32_bytes` are read).
+        candidates: the candidate bit-widths, ascending.
+        group_masses: `[G]` each group's lookups, in any common unit.
+        target: the compression ratio to reach.
+
+    Returns:
+        int32 `[G]` per-group bits.
+
+    Example:
+
+    >>> report = memory_report(np.array([250] * 4), np.array([4] * 4), 16, 6, False)
+    >>> fit_to_budget(report, (0, 1, 2, 3, 4, 5, 6), np.ones(4), target=16.0)
+    array([0, 0, 3, 4], dtype=int32)
+    """
+    rows, overhead = report["rows_per_group"], report["overhead_bytes"]
+    float32_bytes = report["float32_bytes"]
+    output_dim = float32_bytes // (4 * int(rows.sum()))
+
+    def ratio(bits: np.ndarray) -> float:
+        payload = 4 * int(payload_words(rows, bits, output_dim).sum())
+        return float32_bytes / (payload + overhead)
+
+    candidates = list(candidates)
+    bits = np.asarray(report["group_bits"], np.int32).copy()
+    order = np.argsort(np.asarray(group_masses) / np.maximum(rows, 1), kind="stable")
+    for group in order:
+        while ratio(bits) < target and bits[group] > candidates[0]:
+            bits[group] = candidates[candidates.index(bits[group]) - 1]
+    for group in order[::-1]:
+        while ratio(bits) > TARGET_TOLERANCE * target and bits[group] < candidates[-1]:
+            higher = bits.copy()
+            higher[group] = candidates[candidates.index(bits[group]) + 1]
+            if ratio(higher) < target:
+                break
+            bits = higher
+    return bits

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import keras_mpe
-from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, callbacks
+from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, callbacks, precision
 from keras_mpe.backend import keras
 from keras_mpe.datasets import synthetic_ctr
 
@@ -163,12 +163,17 @@ def test_target_compression_is_met_within_ten_percent(data):
     assert float(layer.bit_penalty.numpy()) > 0  # steered from 0
 
 
+def _fit(layer, group_bits, target):
+    report = layer.memory_report(np.asarray(group_bits))
+    return precision.fit_to_budget(report, layer.bit_widths, layer.group_masses.numpy(), target)
+
+
 def test_fit_to_budget_steps_rarest_groups_down_and_frequent_ones_up():
     layer = MixedPrecisionEmbedding(1000, 16, num_groups=4, bit_widths=(0, 2, 4, 8))
     layer.adapt(np.repeat(np.arange(1000), np.arange(1000) // 10 + 1))  # id 999 most frequent
     # 250 rows x 16 values per group; overhead 4 * (3 + 16 + 3 * 4) = 124 bytes
     assert layer.memory_report([0, 0, 0, 0])["overhead_bytes"] == 124
-    down = callbacks.fit_to_budget(layer, np.array([8, 8, 8, 8]), target=8.0)
+    down = _fit(layer, [8, 8, 8, 8], 8.0)
     # 64000 / 8 = 8000 bytes allowed; a 2-bit group takes 1000. Down, rarest first:
     # group 0 to 0 bits, group 1 to 0 bits ([0, 0, 8, 8]: 8124 bytes, 7.9x, still
     # short), group 2 to 4 bits ([0, 0, 4, 8]: 6124 bytes, 10.5x). Then up, most
@@ -177,11 +182,11 @@ def test_fit_to_budget_steps_rarest_groups_down_and_frequent_ones_up():
     np.testing.assert_array_equal(down, [0, 2, 4, 8])
     assert layer.memory_report(down)["total_bytes"] == 7124
     # from [0, 0, 0, 2] (56.9x) up: group 3 to 8 bits, group 2 to 4 bits, group 1 to 2
-    up = callbacks.fit_to_budget(layer, np.array([0, 0, 0, 2]), target=8.0)
+    up = _fit(layer, [0, 0, 0, 2], 8.0)
     np.testing.assert_array_equal(up, [0, 2, 4, 8])
     # already inside [8, 8.8]: nothing moves
     inside = np.array([0, 4, 2, 8])  # 2000 + 1000 + 4000 + 124 = 7124 bytes, 9.0x
-    np.testing.assert_array_equal(callbacks.fit_to_budget(layer, inside, 8.9), inside)
+    np.testing.assert_array_equal(_fit(layer, inside, 8.9), inside)
 
 
 def test_backup_dir_makes_an_interrupted_search_select_the_same_bits(data, tmp_path):
