@@ -31,6 +31,19 @@ def is_number(value: Any) -> bool:
     return real and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
+def boolean(name: str, value: Any) -> bool:
+    """`value` if it is a bool.
+
+    >>> boolean("mask_zero", 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: `mask_zero` must be a bool. Received: mask_zero=1
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
+    return value
+
+
 def positive_int(name: str, value: Any) -> int:
     """`value` as an int if it is an integer >= 1.
 

@@ -154,8 +154,6 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
     ) -> None:
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        if not isinstance(mask_zero, bool):
-            raise ValueError(f"`mask_zero` must be a bool. Received: mask_zero={mask_zero!r}")
         self.input_dim = checks.positive_int("input_dim", input_dim)
         self.output_dim = checks.positive_int("output_dim", output_dim)
         self.num_groups = checks.positive_int("num_groups", num_groups)
@@ -184,7 +182,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         self.embeddings_initializer = keras.initializers.get(
             embeddings_initializer or keras.initializers.RandomNormal(mean=0.0, stddev=0.003)
         )
-        self.mask_zero = mask_zero
+        self.mask_zero = checks.boolean("mask_zero", mask_zero)
         self.supports_masking = mask_zero
         self.groups = int(grouping.group_sizes(self.input_dim, self.num_groups).size)
         self._nonzero_bit_widths = [b for b in self.bit_widths if b > 0]

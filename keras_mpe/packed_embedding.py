@@ -75,8 +75,6 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
         kwargs.setdefault("autocast", False)
         kwargs["trainable"] = False
         super().__init__(**kwargs)
-        if not isinstance(mask_zero, bool):
-            raise ValueError(f"`mask_zero` must be a bool. Received: mask_zero={mask_zero!r}")
         self.input_dim = checks.positive_int("input_dim", input_dim)
         self.output_dim = checks.positive_int("output_dim", output_dim)
         self.bit_widths = checks.bit_widths(bit_widths)
@@ -95,7 +93,7 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
                 f"candidate). Received: max_bits={max_bits!r}"
             )
         self.max_bits = int(max_bits)
-        self.mask_zero = mask_zero
+        self.mask_zero = checks.boolean("mask_zero", mask_zero)
         self.supports_masking = mask_zero
         self._initial_arrays: dict[str, np.ndarray] = {}
 
