@@ -22,9 +22,16 @@ def set_variable_trainable(layer, variable, trainable: bool) -> None:
     if IS_KERAS_3:
         variable.trainable = trainable
         return
+    # tf-keras lists a variable sharded by a `variable_partitioner` as its shards
+    parts = (
+        list(variable)
+        if isinstance(variable, tf.__internal__.distribute.ShardedVariable)
+        else [variable]
+    )
     source, target = layer._non_trainable_weights, layer._trainable_weights
     if not trainable:
         source, target = target, source
-    if any(v is variable for v in source):
-        source[:] = [v for v in source if v is not variable]
-        target.append(variable)
+    for part in parts:
+        if any(v is part for v in source):
+            source[:] = [v for v in source if v is not part]
+            target.append(part)

@@ -175,7 +175,8 @@ class PrecisionSearch(keras.callbacks.Callback):
         for layer in self._layers:
             self._check_layer(layer)
         self._epochs = self.params.get("epochs") or 1
-        self._steps = self.params.get("steps")
+        # without batch hooks (ParameterServerStrategy) the schedule moves per epoch
+        self._steps = self.params.get("steps") if self._implements_train_batch_hooks() else None
         self._epoch = 0
         self._best_value = math.inf if self.mode == "min" else -math.inf
         self._best_states: list[dict] | None = None
@@ -220,6 +221,12 @@ class PrecisionSearch(keras.callbacks.Callback):
                 )
 
     # ------------------------------------------------------------ during fit
+    def _implements_train_batch_hooks(self) -> bool:
+        # tf-keras refuses callbacks with batch hooks under ParameterServerStrategy
+        # ("Batch-level `Callback`s are not supported"): there the temperature
+        # anneals and the penalty is steered once per epoch instead
+        return not isinstance(tf.distribute.get_strategy(), tf.distribute.ParameterServerStrategy)
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
         if not self._steps:
@@ -259,6 +266,9 @@ class PrecisionSearch(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         reports = [layer.memory_report(_selection(layer)) for layer in self._layers]
         logs.update(_log_entries(self._layers, reports))
+        if self.target_compression is not None and not self._implements_train_batch_hooks():
+            for layer in self._layers:
+                self._steer_penalty(layer)
         if self.monitor not in logs:
             raise ValueError(
                 f"PrecisionSearch monitors {self.monitor!r}, which is not in the logs. "
@@ -321,7 +331,9 @@ class PrecisionSearch(keras.callbacks.Callback):
     def _reset_optimizer(self) -> None:
         optimizer = self.model.optimizer
         if optimizer is not None:
-            self.model.optimizer = type(optimizer).from_config(optimizer.get_config())
+            # under the model's tf.distribute strategy, as `compile` made the old one
+            with self.model.distribute_strategy.scope():
+                self.model.optimizer = type(optimizer).from_config(optimizer.get_config())
         self.model.train_function = None
 
     def summary(self) -> str:

@@ -1,5 +1,6 @@
 """The `MixedPrecisionEmbedding` layer."""
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,20 @@ def _check_bit_widths(bit_widths: Any) -> tuple[int, ...]:
             f"Received: bit_widths={bit_widths!r}"
         )
     return values
+
+
+def _gather(variable: Any, indices: tf.Tensor) -> tf.Tensor:
+    """`tf.gather(variable, indices)`, right for a `ShardedVariable` too (a variable
+    that a `variable_partitioner` split, under ParameterServerStrategy).
+
+    TF 2.21's `ShardedVariable.sparse_read`, which `tf.gather` calls, returns the rows
+    grouped by shard instead of in the order of `indices`; `tf.nn.embedding_lookup`
+    dispatches to a lookup that keeps the order, and gathers on each shard only the
+    rows it holds.
+    """
+    if isinstance(variable, tf.__internal__.distribute.ShardedVariable):
+        return tf.nn.embedding_lookup(variable, indices)
+    return tf.gather(variable, indices)
 
 
 @keras.utils.register_keras_serializable(package="keras_mpe")
@@ -345,14 +360,14 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             return tf.cast(self._packed_call(inputs), self.compute_dtype)
         valid = tf.logical_and(inputs >= 0, inputs < self.input_dim)
         ids = tf.reshape(tf.where(valid, tf.cast(inputs, tf.int32), 0), [-1])
-        rows = tf.gather(self.embeddings, ids)
-        groups = tf.gather(self.id_to_group, ids)
+        rows = _gather(self.embeddings, ids)
+        groups = _gather(self.id_to_group, ids)
         outputs = quantizers.embedding_quantize(
             rows,
             quantizers.small_table_gather(self._search_weights(training), groups),
             self._candidate_step_sizes(),
             self.offset,
-            tf.gather(self._width_index(), tf.gather(self.group_bit_widths, groups)),
+            tf.gather(self._width_index(), _gather(self.group_bit_widths, groups)),
             self.precision_frozen > 0,
             self.bit_widths,
             [
@@ -645,7 +660,17 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
 
     # ----------------------------------------------------------------- saving
     def _named_variables(self) -> dict:
-        return {v.name.split("/")[-1].split(":")[0]: v for v in self.weights}
+        """The layer's variables by name. A variable that a `variable_partitioner`
+        sharded (ParameterServerStrategy) is among the weights as its shards,
+        `<name>/part_<i>`: it is named once here, as the whole `ShardedVariable`."""
+        named = {}
+        for variable in self.weights:
+            path = variable.name.split(":")[0].split("/")
+            if len(path) > 1 and re.fullmatch(r"part_\d+", path[-1]):
+                named[path[-2]] = getattr(self, path[-2])
+            else:
+                named[path[-1]] = variable
+        return named
 
     def save_own_variables(self, store: Any) -> None:
         for name, variable in self._named_variables().items():

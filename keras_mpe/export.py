@@ -115,6 +115,12 @@ def export_saved_model(
         module.tables = [_table_variables(twin) for twin in twins]
         in_tables = {id(variable) for table in module.tables for variable in table.values()}
         module.weights = [v for key, v in read.items() if key not in in_tables]
+        # A variable that a `variable_partitioner` sharded (ParameterServerStrategy)
+        # is saved whole: the functions, retraced for saving, read its one saving
+        # variable, which only the tracked `ShardedVariable` maps.
+        sharded = _sharded_variables(model, read)
+        parts = {id(part.handle) for variable in sharded for part in variable.variables}
+        module.weights = [v for v in module.weights if id(v.handle) not in parts] + sharded
         tf.saved_model.save(module, export_dir, signatures=signatures)
     _write_metadata(export_dir, twins)
 
@@ -235,6 +241,20 @@ def _calls_routed_to(
 def _table_variables(layer: MixedPrecisionEmbedding) -> dict[str, tf.Variable]:
     """A packed layer's variables by field: `words`, `first_rows`, ..., `offset`."""
     return {field: _tf_variable(variable) for field, variable in layer._packed.items()}
+
+
+def _sharded_variables(model: Any, read: dict) -> list:
+    """The `ShardedVariable`s of `model`'s layers that have shards in `read` (a
+    function's variables, which are the shards' inner variables: compared by handle)."""
+    handles = {id(variable.handle) for variable in read.values()}
+    found = {}
+    for layer in model._flatten_layers():
+        for value in vars(layer).values():
+            if isinstance(value, tf.__internal__.distribute.ShardedVariable) and any(
+                id(part.handle) in handles for part in value.variables
+            ):
+                found[id(value)] = value
+    return list(found.values())
 
 
 def _write_metadata(export_dir: str, layers: list[MixedPrecisionEmbedding]) -> None:
