@@ -86,6 +86,11 @@ class PrecisionSearch(keras.callbacks.Callback):
     the epoch): the initial tables and the best epoch's state are kept there and
     read back when the fit starts again, so the resumed search selects the same
     bits as an uninterrupted one. The files are deleted when the search ends.
+    Under `MultiWorkerMirroredStrategy` every worker reads `backup_dir` and only the
+    chief writes it, so it must be a directory all workers share (as for
+    `BackupAndRestore`). Under `ParameterServerStrategy` (tf-keras), which runs no
+    batch-level callbacks, the temperature anneals and the penalty is steered once
+    per epoch: give `fit` more, shorter epochs (`steps_per_epoch`) for a finer schedule.
 
     Example:
 
@@ -295,7 +300,7 @@ class PrecisionSearch(keras.callbacks.Callback):
                         f"{layer.name}/expected_bits", layer.expected_bits(), step=epoch
                     )
             self._writer.flush()
-        if self.backup_dir is not None:
+        if self.backup_dir is not None and self._writes_files():
             self._save_backup()
 
     # ------------------------------------------------------------------- end
@@ -320,13 +325,22 @@ class PrecisionSearch(keras.callbacks.Callback):
             self.reports[layer.name] = layer.memory_report()
         self._initial_tables = []
         self._reset_optimizer()
-        if self.backup_dir is not None:
+        if self.backup_dir is not None and self._writes_files():
             for name in (STATE_FILE, INITIAL_TABLES_FILE):
                 path = os.path.join(self.backup_dir, name)
                 if os.path.exists(path):
                     os.remove(path)
         if self.verbose:
             print(self.summary())
+
+    def _writes_files(self) -> bool:
+        """False on the workers of a MultiWorkerMirroredStrategy other than the chief:
+        every worker runs the callbacks and reads `backup_dir`, only the chief writes."""
+        strategy = self.model.distribute_strategy
+        return (
+            not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            or strategy.extended.should_checkpoint
+        )
 
     def _reset_optimizer(self) -> None:
         optimizer = self.model.optimizer
