@@ -9,6 +9,7 @@ from typing import Any
 import tensorflow as tf
 
 keras = tf.keras
+ShardedVariable = tf.__internal__.distribute.ShardedVariable
 IS_KERAS_3 = not keras.layers.Layer.__module__.startswith("tf_keras")
 
 # Keras 3 passes symbolic KerasTensors to `compute_mask`; they need Keras ops.
@@ -35,13 +36,16 @@ def set_variable_trainable(layer, variable, trainable: bool) -> None:
     if IS_KERAS_3:
         variable.trainable = trainable
         return
+    # tf-keras lists a variable sharded by a `variable_partitioner` as its shards
+    parts = list(variable) if isinstance(variable, ShardedVariable) else [variable]
     trainables, others = layer._trainable_weights, layer._non_trainable_weights
-    if trainable and any(v is variable for v in others):
-        others[:] = [v for v in others if v is not variable]
-        trainables.append(variable)
-    elif not trainable and any(v is variable for v in trainables):
-        trainables[:] = [v for v in trainables if v is not variable]
-        others.insert(0, variable)
+    source = others if trainable else trainables
+    moving = [part for part in parts if any(v is part for v in source)]
+    source[:] = [v for v in source if not any(v is part for part in moving)]
+    if trainable:
+        trainables.extend(moving)
+    else:
+        others[0:0] = moving
 
 
 def tf_variable(weight: Any) -> tf.Variable:
@@ -72,3 +76,17 @@ def tf_variable(weight: Any) -> tf.Variable:
             "export needs weights backed by a tf.Variable (the TensorFlow backend)."
         )
     return weight
+
+
+def gather_rows(variable: Any, indices: tf.Tensor) -> tf.Tensor:
+    """Rows `indices` of a layer's variable, read by a gather from the variable itself.
+
+    A variable that a `variable_partitioner` sharded (ParameterServerStrategy) is
+    read with `tf.nn.embedding_lookup`, which gathers on each shard only the rows it
+    holds and keeps the order of `indices` (TF 2.21's `ShardedVariable.sparse_read`,
+    which `tf.gather` calls, returns them grouped by shard). Any other variable is
+    gathered from its `tf.Variable` (`tf_variable`).
+    """
+    if isinstance(variable, ShardedVariable):
+        return tf.nn.embedding_lookup(variable, indices)
+    return tf.gather(tf_variable(variable), indices)

@@ -121,6 +121,11 @@ class PrecisionSearch(keras.callbacks.Callback):
     the epoch): the initial tables and the best epoch's state are kept there and
     read back when the fit starts again, so the resumed search selects the same
     bits as an uninterrupted one. The files are deleted when the search ends.
+    Under `MultiWorkerMirroredStrategy` every worker reads `backup_dir` and only the
+    chief writes it, so it must be a directory all workers share (as for
+    `BackupAndRestore`). Under `ParameterServerStrategy` (tf-keras), which runs no
+    batch-level callbacks, the temperature anneals and the penalty is steered once
+    per epoch: give `fit` more, shorter epochs (`steps_per_epoch`) for a finer schedule.
 
     Example:
 
@@ -211,7 +216,8 @@ class PrecisionSearch(keras.callbacks.Callback):
         for layer in self._layers:
             self._check_layer(layer)
         self._epochs = self.params.get("epochs") or 1
-        self._steps = self.params.get("steps")
+        # without batch hooks (ParameterServerStrategy) the schedule moves per epoch
+        self._steps = self.params.get("steps") if self._implements_train_batch_hooks() else None
         self._epoch = 0
         self._best_value = math.inf if self.mode == "min" else -math.inf
         self._best_states: list[dict] | None = None
@@ -258,6 +264,12 @@ class PrecisionSearch(keras.callbacks.Callback):
                 )
 
     # ------------------------------------------------------------ during fit
+    def _implements_train_batch_hooks(self) -> bool:
+        # tf-keras refuses callbacks with batch hooks under ParameterServerStrategy
+        # ("Batch-level `Callback`s are not supported"): there the temperature
+        # anneals and the penalty is steered once per epoch instead
+        return not isinstance(tf.distribute.get_strategy(), tf.distribute.ParameterServerStrategy)
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
         if not self._steps:
@@ -333,6 +345,9 @@ class PrecisionSearch(keras.callbacks.Callback):
             for key, layer in zip(self._keys, self._layers, strict=True)
         }
         logs.update(_log_entries(self._layers, reports))
+        if self.target_compression is not None and not self._implements_train_batch_hooks():
+            for layer in self._layers:
+                self._steer_penalty(layer)
         if self.monitor not in logs:
             raise ValueError(
                 f"PrecisionSearch monitors {self.monitor!r}, which is not in the logs. "
@@ -357,7 +372,7 @@ class PrecisionSearch(keras.callbacks.Callback):
                 for key, layer in zip(self._keys, self._layers, strict=True):
                     tf.summary.histogram(f"{key}/expected_bits", layer.expected_bits(), step=epoch)
             self._writer.flush()
-        if self.backup_dir is not None:
+        if self.backup_dir is not None and self._writes_files():
             self._save_backup()
 
     # ------------------------------------------------------------------- end
@@ -387,7 +402,7 @@ class PrecisionSearch(keras.callbacks.Callback):
             self.reports[key] = layer.memory_report()
         self._initial_tables = []
         self._reset_optimizer()
-        if self.backup_dir is not None:
+        if self.backup_dir is not None and self._writes_files():
             for name in (STATE_FILE, INITIAL_TABLES_FILE):
                 path = os.path.join(self.backup_dir, name)
                 for leftover in (path, path + PARTIAL_SUFFIX):
@@ -396,10 +411,21 @@ class PrecisionSearch(keras.callbacks.Callback):
         if self.verbose:
             print(self.summary())
 
+    def _writes_files(self) -> bool:
+        """False on the workers of a MultiWorkerMirroredStrategy other than the chief:
+        every worker runs the callbacks and reads `backup_dir`, only the chief writes."""
+        strategy = self.model.distribute_strategy
+        return (
+            not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            or strategy.extended.should_checkpoint
+        )
+
     def _reset_optimizer(self) -> None:
         optimizer = self.model.optimizer
         if optimizer is not None:
-            self.model.optimizer = type(optimizer).from_config(optimizer.get_config())
+            # under the model's tf.distribute strategy, as `compile` made the old one
+            with self.model.distribute_strategy.scope():
+                self.model.optimizer = type(optimizer).from_config(optimizer.get_config())
         self.model.train_function = None
 
     def summary(self) -> str:

@@ -1,5 +1,6 @@
 """The `MixedPrecisionEmbedding` layer."""
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,11 +10,11 @@ import tensorflow as tf
 from keras_mpe import checks, codec, grouping, lookup, precision, quantizers
 from keras_mpe.backend import (
     IS_KERAS_3,
+    gather_rows,
     keras,
     losses_of_this_call,
     not_equal,
     set_variable_trainable,
-    tf_variable,
 )
 
 MAX_BITS = checks.MAX_BITS
@@ -208,11 +209,13 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         self.temperature = self._add_state("temperature", self.final_temperature)
         self.bit_penalty = self._add_state("bit_penalty", self.initial_bit_penalty)
         self.frequencies = self._add_state("frequencies", self._initial_frequencies, "int64")
-        # uint32, not int32: a GPU gathers uint32 from a variable in device memory
-        self.id_to_group = self._add_state("id_to_group", id_to_group, "uint32")
+        # int64, not int32: a GPU gathers int64 from a variable in device memory, int32
+        # not at all (and not uint32: the collective ops that MultiWorkerMirroredStrategy
+        # broadcasts variables with take no uint32)
+        self.id_to_group = self._add_state("id_to_group", id_to_group, "int64")
         self.group_masses = self._add_state("group_masses", masses)
         self.group_bits = self._add_state(
-            "group_bits", np.full(self.groups, max(self.bit_widths)), "uint32"
+            "group_bits", np.full(self.groups, max(self.bit_widths)), "int64"
         )
         self.precision_frozen = self._add_state("precision_frozen", 0, "int32")
         # [key, draws] of the stateless sampling noise: restored with the other
@@ -311,7 +314,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         >>> layer = MixedPrecisionEmbedding(4, 2, num_groups=2)
         >>> layer.adapt(np.array([0, 0, 3, 3, 3, 1]))
         >>> layer.id_to_group.numpy()
-        array([1, 0, 0, 1], dtype=uint32)
+        array([1, 0, 0, 1])
         """
         self._build_if_needed()
         if self.state == RETRAIN:
@@ -323,7 +326,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         frequencies = grouping.count_frequencies(data, self.input_dim)
         id_to_group, masses = grouping.frequency_groups(frequencies, self.num_groups)
         self.frequencies.assign(frequencies)
-        self.id_to_group.assign(id_to_group.astype(np.uint32))
+        self.id_to_group.assign(id_to_group.astype(np.int64))
         self.group_masses.assign(masses)
 
     # ------------------------------------------------------------------- call
@@ -337,8 +340,8 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         # rows) by int64 indices (a GPU handles int32 ones, and their gradient's
         # reshapes, in host memory)
         index = tf.cast(ids, tf.int64)
-        rows = tf.gather(tf_variable(self.embeddings), index)
-        groups = tf.cast(tf.gather(tf_variable(self.id_to_group), index), tf.int32)
+        rows = gather_rows(self.embeddings, index)
+        groups = tf.cast(gather_rows(self.id_to_group, index), tf.int32)
         # each group's frozen width as an index into the candidates: [G] work, then
         # one gather per row
         group_width_index = tf.gather(self._width_index(), tf.cast(self.group_bits, tf.int32))
@@ -468,7 +471,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
                 f"`group_bits` must be {self.groups} integers (one per group) taken from "
                 f"the candidates {self.bit_widths}. Received: group_bits={group_bits!r}"
             )
-        self.group_bits.assign(chosen.astype(np.uint32))
+        self.group_bits.assign(chosen.astype(np.int64))
         self.precision_frozen.assign(1)
         set_variable_trainable(self, self.precision_logits, False)
 
@@ -545,7 +548,17 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
 
     # ----------------------------------------------------------------- saving
     def _named_variables(self) -> dict:
-        return {v.name.split("/")[-1].split(":")[0]: v for v in self.weights}
+        """The layer's variables by name. A variable that a `variable_partitioner`
+        sharded (ParameterServerStrategy) is among the weights as its shards,
+        `<name>/part_<i>`: it is named once here, as the whole `ShardedVariable`."""
+        named = {}
+        for variable in self.weights:
+            path = variable.name.split(":")[0].split("/")
+            if len(path) > 1 and re.fullmatch(r"part_\d+", path[-1]):
+                named[path[-2]] = getattr(self, path[-2])
+            else:
+                named[path[-1]] = variable
+        return named
 
     def save_own_variables(self, store: Any) -> None:
         for name, variable in self._named_variables().items():

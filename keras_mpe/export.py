@@ -10,7 +10,7 @@ from typing import Any
 import tensorflow as tf
 
 from keras_mpe import metadata
-from keras_mpe.backend import keras, tf_variable
+from keras_mpe.backend import ShardedVariable, keras, tf_variable
 from keras_mpe.embedding import RETRAIN, MixedPrecisionEmbedding, find_mixed_precision_layers
 from keras_mpe.packed_embedding import PackedEmbedding
 
@@ -150,6 +150,12 @@ def _write_export(
         ]
         in_tables = {id(variable) for table in module.tables for variable in table.values()}
         module.weights = [v for key, v in read.items() if key not in in_tables]
+        # A variable that a `variable_partitioner` sharded (ParameterServerStrategy)
+        # is saved whole: the functions, retraced for saving, read its one saving
+        # variable, which only the tracked `ShardedVariable` maps.
+        sharded = _sharded_variables(model, read)
+        parts = {id(part.handle) for variable in sharded for part in variable.variables}
+        module.weights = [v for v in module.weights if id(v.handle) not in parts] + sharded
         tf.saved_model.save(module, export_dir, signatures=signatures)
     metadata.write(export_dir, twins)
 
@@ -255,6 +261,20 @@ def _calls_routed_to(
     finally:
         for layer in layers:
             object.__delattr__(layer, "call")
+
+
+def _sharded_variables(model: Any, read: dict) -> list:
+    """The `ShardedVariable`s of `model`'s layers that have shards in `read` (a
+    function's variables, which are the shards' inner variables: compared by handle)."""
+    handles = {id(variable.handle) for variable in read.values()}
+    found = {}
+    for layer in model._flatten_layers():
+        for value in vars(layer).values():
+            if isinstance(value, ShardedVariable) and any(
+                id(part.handle) in handles for part in value.variables
+            ):
+                found[id(value)] = value
+    return list(found.values())
 
 
 def _input_name(tensor: Any, index: int) -> str:
