@@ -56,6 +56,13 @@ def count_frequencies(data: Any, input_dim: int) -> np.ndarray:
     array([1, 0, 3, 0])
     """
     counts = np.zeros(input_dim, dtype=np.int64)
+    spec = data.element_spec if isinstance(data, tf.data.Dataset) else None
+    if isinstance(spec, tf.TensorSpec) and spec.shape.is_fully_defined():
+        # small elements (e.g. one id each) in batches: no Python step per id
+        data = data.batch(max(1, _CHUNK // max(1, spec.shape.num_elements())))
+    # Count chunks together until they hold about input_dim ids: a bincount costs
+    # O(input_dim) whatever its input, so that cost is paid once per input_dim ids.
+    pending, pending_size = [], 0
     for chunk in _integer_chunks(data):
         if chunk.size == 0:
             continue
@@ -66,8 +73,21 @@ def count_frequencies(data: Any, input_dim: int) -> np.ndarray:
                 f"`data` holds id {bad}, outside [0, input_dim={input_dim}). "
                 "Map out-of-vocabulary values to an id in range before `adapt()`."
             )
-        counts += np.bincount(chunk, minlength=input_dim)
+        pending.append(chunk)
+        pending_size += chunk.size
+        if pending_size >= max(_CHUNK, input_dim // 2):
+            _add_counts(counts, pending)
+            pending, pending_size = [], 0
+    _add_counts(counts, pending)
     return counts
+
+
+def _add_counts(counts: np.ndarray, chunks: list[np.ndarray]) -> None:
+    """Adds the ids of `chunks` to `counts` in place."""
+    if chunks:
+        ids = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        found = np.bincount(ids)
+        counts[: found.size] += found
 
 
 def validate_frequencies(frequencies: Any, input_dim: int) -> np.ndarray:
