@@ -560,7 +560,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 "`freeze_precision()` first."
             )
         return packing.pack_table(
-            self.embeddings.numpy(),
+            self.embeddings,  # read in chunks: no float copy of the table
             self.step_sizes.numpy(),
             self.offset.numpy(),
             self.bit_widths,

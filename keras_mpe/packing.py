@@ -248,7 +248,8 @@ def pack_table(
     packed table gives exactly the layer's fake-quantized rows.
 
     Args:
-        table: float `[V, D]`, the float table (e.g. `layer.embeddings`).
+        table: float `[V, D]`, the float table (e.g. `layer.embeddings`); a variable
+            or tensor is read in chunks of rows, so packing needs no float copy.
         step_sizes: float `[K]`, one step size per non-zero entry of `bit_widths`
             (e.g. `layer.step_sizes`), each > 0.
         offset: float `[D]`, the offset `beta` (e.g. `layer.offset`).
@@ -276,8 +277,9 @@ def pack_table(
     """
     candidates = precision.check_bit_widths(bit_widths)
     nonzero = tuple(b for b in candidates if b > 0)
-    # a variable or tensor is read a chunk of rows at a time, never copied whole
-    in_tf = isinstance(table, tf.Variable | tf.Tensor)
+    # a variable or tensor (a Keras 3 variable too) is read a chunk of rows at a
+    # time, never copied whole
+    in_tf = tf.is_tensor(table) or isinstance(table, tf.Variable)
     values = table if in_tf else np.asarray(table)
     shape = tuple(values.shape)
     if len(shape) != 2 or not shape[0] or not shape[1]:
@@ -286,7 +288,7 @@ def pack_table(
             f"Received shape {shape}."
         )
     input_dim, output_dim = shape
-    dtype = np.dtype(values.dtype.as_numpy_dtype) if in_tf else values.dtype
+    dtype = np.dtype(tf.as_dtype(values.dtype).as_numpy_dtype) if in_tf else values.dtype
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise TypeError(f"`table` must hold numbers. Received an array of dtype {dtype}.")
     steps = _float_array(
