@@ -1,5 +1,5 @@
-"""The examples and the demo, run with `--smoke` in a fresh process, and the train-step
-and serving benchmarks, run at a toy size.
+"""The examples and the demo, run with `--smoke` in a fresh process, and the train-step,
+serving and scale benchmarks, run at a toy size.
 
 Each script runs in the Keras flavour it is written for, in the CI pass of that flavour:
 the TFRS examples (which force tf-keras themselves) in the `TF_USE_LEGACY_KERAS=1`
@@ -196,5 +196,23 @@ def test_serving_benchmark_runs_at_a_toy_size():
             rf"^  eager +{rate} +{rate}{int4} +- +packed/float {NUMBER}x",
             rf"^  graph +{rate} +{rate}{int4} +{rate} +packed/float .*exported/float {NUMBER}x$",
             rf"^  xla +{rate} +{rate}{int4} +{rate} +packed/float .*exported/float {NUMBER}x$",
+        ],
+    )
+
+
+def test_scale_benchmark_runs_at_a_toy_size():
+    arguments = ["--input_dim", "2000", "--steps", "2", "--warmup", "1", "--batch", "32"]
+    arguments += ["--fields", "4", "--hidden", "8", "--adapt_ids", "100000"]
+    output = _run([str(BENCHMARKS / "scale.py"), *arguments], legacy_keras=not IS_KERAS_3)
+    rss = r"[\d,]+ M +[\d.]+x"
+    _assert_lines(
+        output,
+        [
+            r"^scale, .*input_dim=2,000 D=16 .* adam lr 0\.001",
+            rf"^  embedding +{NUMBER} +{NUMBER} +{NUMBER} +{rss} +{NUMBER} +1\.00x",
+            rf"^  adapt .* {rss} +- +- +{NUMBER}M ids/s over 100,096 ids",
+            rf"^  search .* {rss} +{NUMBER} +{NUMBER}x",
+            rf"^  retrain .* {rss} +{NUMBER} +{NUMBER}x",
+            rf"^  export .* {rss} +- +- +export adds [\d,]+ MiB = {NUMBER}x table",
         ],
     )
