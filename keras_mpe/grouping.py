@@ -160,8 +160,8 @@ def frequency_groups(frequencies: np.ndarray, num_groups: int) -> tuple[np.ndarr
     (array([1, 0, 0, 1], dtype=int32), array([1., 7.], dtype=float32))
     """
     input_dim = frequencies.shape[0]
-    ids = np.arange(input_dim)
-    ascending = np.lexsort((-ids, frequencies))
+    # ascending frequency, ties larger id first: a stable sort of the reversed counts
+    ascending = input_dim - 1 - np.argsort(frequencies[::-1], kind="stable")
     sizes = group_sizes(input_dim, num_groups)
     id_to_group = np.empty(input_dim, dtype=np.int32)
     id_to_group[ascending] = np.repeat(np.arange(sizes.size, dtype=np.int32), sizes)
