@@ -24,6 +24,7 @@ between consecutive `on_train_batch_end` calls of `fit`); ratios are to the
     python benchmarks/scale.py                                   # 1e7 rows, Adam
     python benchmarks/scale.py --input_dim 1000000 --steps 20
     python benchmarks/scale.py --optimizer sgd --phases embedding,search,retrain
+    python benchmarks/scale.py --optimizer adam+sgd       # Keras 3: Adam, SGD for the table
     python benchmarks/scale.py --input_dim 1000 --steps 2 --batch 64 --adapt_ids 100000
 """
 
@@ -38,7 +39,7 @@ import time
 import numpy as np
 
 PHASES = ("embedding", "adapt", "search", "retrain", "export")
-OPTIMIZERS = ("adam", "adagrad", "sgd")
+OPTIMIZERS = ("adam", "adagrad", "sgd", "adam+sgd")
 
 
 def peak_rss() -> int:
@@ -78,8 +79,20 @@ def zipf_batches(args: argparse.Namespace, count: int, seed: int = 0) -> list:
 
 
 def optimizer(args: argparse.Namespace):
-    from keras_mpe.backend import keras
+    """The optimizer named by `--optimizer`; `adam+sgd` (Keras 3 only): Adam for every
+    variable but the tables, which SGD updates (row-sparse)."""
+    from keras_mpe.backend import IS_KERAS_3, keras
 
+    if args.optimizer == "adam+sgd":
+        if not IS_KERAS_3:
+            raise ValueError(
+                "`--optimizer adam+sgd` needs Keras 3's `keras.optimizers.MultiOptimizer`, "
+                "which tf-keras does not have. Received: --optimizer adam+sgd under tf-keras"
+            )
+        tables = {".*embeddings": keras.optimizers.SGD(args.table_learning_rate)}
+        return keras.optimizers.MultiOptimizer(
+            keras.optimizers.OptimizerMap(keras.optimizers.Adam(args.learning_rate), tables)
+        )
     return {
         "adam": keras.optimizers.Adam,
         "adagrad": keras.optimizers.Adagrad,
@@ -208,7 +221,8 @@ def child_arguments(args: argparse.Namespace, phase: str, bits: list | None) -> 
     for name in ("input_dim", "dim", "fields", "batch", "steps", "warmup", "pool"):
         arguments += [f"--{name}", str(getattr(args, name))]
     arguments += ["--hidden", ",".join(map(str, args.hidden)), "--optimizer", args.optimizer]
-    arguments += ["--learning_rate", str(args.learning_rate), "--adapt_ids", str(args.adapt_ids)]
+    for name in ("learning_rate", "table_learning_rate", "adapt_ids"):
+        arguments += [f"--{name}", str(getattr(args, name))]
     if args.jit:
         arguments.append("--jit")
     if bits is not None:
@@ -232,6 +246,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", default="256,128", help="MLP widths, comma-separated")
     parser.add_argument("--optimizer", default="adam", help=f"one of {OPTIMIZERS}")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--table_learning_rate", type=float, default=0.05, help="SGD's, with adam+sgd"
+    )
     parser.add_argument("--steps", type=positive_int, default=10, help="timed train steps")
     parser.add_argument("--warmup", type=positive_int, default=3, help="untimed first steps")
     parser.add_argument("--pool", type=positive_int, default=8, help="distinct batches")
@@ -278,7 +295,8 @@ def main() -> None:
     print(
         f"scale, {first['flavour']} (TF {first['tf_version']}), input_dim={args.input_dim:,} "
         f"D={args.dim} (float32 table {table / 2**20:,.1f} MiB), {args.fields} fields, "
-        f"batch {args.batch}, MLP {args.hidden}, {args.optimizer} lr {args.learning_rate}, "
+        f"batch {args.batch}, MLP {args.hidden}, {args.optimizer} lr {args.learning_rate}"
+        f"{f' (table lr {args.table_learning_rate})' if args.optimizer == 'adam+sgd' else ''}, "
         f"jit={args.jit}, {args.steps} timed steps after {args.warmup}"
     )
     print(
