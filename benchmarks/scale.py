@@ -124,8 +124,9 @@ def mpe_layer(args: argparse.Namespace, batches: list):
     return layer
 
 
-def train(model, batches: list, steps: int, callbacks: list | None = None) -> list[float]:
-    """Fits `steps` batches (cycling through `batches`); returns per-step seconds."""
+def train(model, batches: list, steps: int, callbacks: list | None = None) -> tuple:
+    """Fits `steps` batches (cycling through `batches`); returns the seconds of each
+    step and the peak RSS at the end of training, before `callbacks` end."""
     import tensorflow as tf
 
     from keras_mpe.backend import keras
@@ -138,12 +139,15 @@ def train(model, batches: list, steps: int, callbacks: list | None = None) -> li
         def on_train_batch_end(self, batch, logs=None):
             self.ends.append(time.perf_counter())
 
+        def on_train_end(self, logs=None):  # before the callbacks after it
+            self.peak_rss = peak_rss()
+
     ids = np.stack([x for x, _ in batches])
     labels = np.stack([y for _, y in batches])
     dataset = tf.data.Dataset.from_tensor_slices((ids, labels)).repeat().take(steps)
     timer = StepTimer()
     model.fit(dataset, epochs=1, verbose=0, callbacks=[timer, *(callbacks or [])])
-    return list(np.diff(timer.ends))
+    return list(np.diff(timer.ends)), timer.peak_rss
 
 
 def run_phase(args: argparse.Namespace) -> dict:
@@ -160,12 +164,12 @@ def run_phase(args: argparse.Namespace) -> dict:
     if args.phase == "embedding":
         model = build_model(args, keras.layers.Embedding(args.input_dim, args.dim))
         result["setup_s"] = time.perf_counter() - start
-        times = train(model, batches, steps)
+        times, _ = train(model, batches, steps)
     elif args.phase == "search":
         model = build_model(args, mpe_layer(args, batches))
         result["setup_s"] = time.perf_counter() - start
         search = keras_mpe.PrecisionSearch(monitor="loss", verbose=0)
-        times = train(model, batches, steps, [search])
+        times, result["peak_rss_training_bytes"] = train(model, batches, steps, [search])
         layer = keras_mpe.export.find_mixed_precision_layers(model)[0]
         result["bits"] = layer.group_bit_widths.numpy().tolist()
     elif args.phase in ("retrain", "export"):
@@ -173,7 +177,7 @@ def run_phase(args: argparse.Namespace) -> dict:
         layer.freeze_precision(json.loads(args.bits) if args.bits else None)
         model = build_model(args, layer)
         result["setup_s"] = time.perf_counter() - start
-        times = train(model, batches, steps if args.phase == "retrain" else 2)
+        times, _ = train(model, batches, steps if args.phase == "retrain" else 2)
         if args.phase == "export":
             result["peak_reset"] = reset_peak_rss()
             result["rss_before_bytes"] = current_rss()
@@ -318,6 +322,11 @@ def main() -> None:
                 f"export adds {added / 2**20:,.0f} MiB = {added / table:.2f}x table to the "
                 f"RSS before it ({r['rss_before_bytes'] / 2**20:,.0f} MiB); SavedModel "
                 f"{r['saved_model_bytes'] / 2**20:,.1f} MiB"
+            )
+        if phase == "search":
+            notes = (
+                f"peak {r['peak_rss_training_bytes'] / table:.2f}x table before "
+                "PrecisionSearch ends (select, freeze, rewind, new optimizer)"
             )
         if phase in ("adapt", "export") and not r["peak_reset"]:
             notes += " (peak not resettable: includes the setup)"

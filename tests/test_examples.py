@@ -211,7 +211,7 @@ def test_scale_benchmark_runs_at_a_toy_size():
             r"^scale, .*input_dim=2,000 D=16 .* adam lr 0\.001",
             rf"^  embedding +{NUMBER} +{NUMBER} +{NUMBER} +{rss} +{NUMBER} +1\.00x",
             rf"^  adapt .* {rss} +- +- +{NUMBER}M ids/s over 100,096 ids",
-            rf"^  search .* {rss} +{NUMBER} +{NUMBER}x",
+            rf"^  search .* {rss} +{NUMBER} +{NUMBER}x +peak {NUMBER}x table before",
             rf"^  retrain .* {rss} +{NUMBER} +{NUMBER}x",
             rf"^  export .* {rss} +- +- +export adds [\d,]+ MiB = {NUMBER}x table",
         ],
