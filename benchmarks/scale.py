@@ -25,6 +25,7 @@ between consecutive `on_train_batch_end` calls of `fit`); ratios are to the
     python benchmarks/scale.py --input_dim 1000000 --steps 20
     python benchmarks/scale.py --optimizer sgd --phases embedding,search,retrain
     python benchmarks/scale.py --optimizer adam+sgd       # Keras 3: Adam, SGD for the table
+    python benchmarks/scale.py --input_dim 1e5 --optimizer adagrad --dense_ops
     python benchmarks/scale.py --input_dim 1000 --steps 2 --batch 64 --adapt_ids 100000
 """
 
@@ -220,6 +221,40 @@ def run_phase(args: argparse.Namespace) -> dict:
     return result
 
 
+def dense_ops(args: argparse.Namespace) -> str:
+    """The op types of one traced train step (forward, gradient, optimizer update)
+    of the MPE model that output a whole `[input_dim, dim]` tensor, with counts, and
+    the scatter ops: what makes a step's cost grow with the table."""
+    import tensorflow as tf
+
+    from keras_mpe.backend import keras
+
+    model = build_model(args, mpe_layer(args, zipf_batches(args, 1)))
+    variables = model.trainable_variables
+    model.optimizer.build(variables)
+
+    @tf.function
+    def step(ids, labels):
+        with tf.GradientTape() as tape:
+            logits = model(ids, training=True)
+            loss = keras.losses.BinaryCrossentropy(from_logits=True)(labels, logits)
+        model.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
+    graph = step.get_concrete_function(
+        tf.TensorSpec([None, args.fields], tf.int32), tf.TensorSpec([None, 1], tf.float32)
+    ).graph
+    operations = list(graph.get_operations())
+    operations += [op for f in graph._functions.values() for op in f.graph.get_operations()]
+    dense, scatters = {}, set()
+    for op in operations:
+        if any(out.shape == (args.input_dim, args.dim) for out in op.outputs):
+            dense[op.type] = dense.get(op.type, 0) + 1
+        if "Scatter" in op.type or op.type.startswith("ResourceSparseApply"):
+            scatters.add(op.type)
+    text = ", ".join(f"{name} x{count}" for name, count in sorted(dense.items())) or "none"
+    return f"[input_dim, dim] outputs: {text}; scatter ops: {', '.join(sorted(scatters))}"
+
+
 def child_arguments(args: argparse.Namespace, phase: str, bits: list | None) -> list[str]:
     arguments = [sys.executable, os.path.abspath(__file__), "--phase", phase]
     for name in ("input_dim", "dim", "fields", "batch", "steps", "warmup", "pool"):
@@ -259,6 +294,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adapt_ids", type=positive_int, default=100_000_000)
     parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated")
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    parser.add_argument(
+        "--dense_ops",
+        action="store_true",
+        help="only list the ops of a traced step that output a whole [input_dim, dim] tensor",
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--bits", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -279,6 +319,12 @@ def main() -> None:
     args = parse_arguments()
     if args.phase is not None:
         print("RESULT " + json.dumps(run_phase(args)), flush=True)
+        return
+    if args.dense_ops:
+        from keras_mpe.backend import IS_KERAS_3
+
+        flavour = "Keras 3" if IS_KERAS_3 else "tf-keras"
+        print(f"one train step, {flavour}, {args.optimizer}: {dense_ops(args)}")
         return
     table = args.input_dim * args.dim * 4
     results, bits = {}, None
