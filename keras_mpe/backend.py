@@ -28,3 +28,16 @@ def set_variable_trainable(layer, variable, trainable: bool) -> None:
     if any(v is variable for v in source):
         source[:] = [v for v in source if v is not variable]
         target.append(variable)
+
+
+def gather_rows(variable, indices):
+    """`tf.gather(variable, indices)` straight from the variable (`ResourceGather`).
+
+    A Keras 3 variable converts to a tensor by reading its whole value; gathering
+    from that read and then scatter-updating the variable in the same step makes
+    TensorFlow copy the whole table at every step (copy-on-write), so even a
+    row-sparse optimizer step costs O(table). Gathering from the wrapped
+    `tf.Variable` reads only the gathered rows; the gradient is the same
+    `tf.IndexedSlices`.
+    """
+    return tf.gather(variable.value if IS_KERAS_3 else variable, indices)

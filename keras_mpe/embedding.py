@@ -7,7 +7,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mpe import grouping, packing, precision, quantizers
-from keras_mpe.backend import IS_KERAS_3, keras, not_equal, set_variable_trainable
+from keras_mpe.backend import (
+    IS_KERAS_3,
+    gather_rows,
+    keras,
+    not_equal,
+    set_variable_trainable,
+)
 
 MAX_BITS = precision.MAX_BITS
 SEARCH, RETRAIN, PACKED = "search", "retrain", "packed"
@@ -345,7 +351,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             return tf.cast(self._packed_call(inputs), self.compute_dtype)
         valid = tf.logical_and(inputs >= 0, inputs < self.input_dim)
         ids = tf.reshape(tf.where(valid, tf.cast(inputs, tf.int32), 0), [-1])
-        rows = tf.gather(self.embeddings, ids)
+        rows = gather_rows(self.embeddings, ids)  # reads only the looked-up rows
         groups = tf.gather(self.id_to_group, ids)
         outputs = quantizers.embedding_quantize(
             rows,

@@ -118,3 +118,37 @@ def test_keras_3_adam_with_sgd_for_the_table_is_row_sparse_through_the_search():
     looked_up[ids.reshape(-1)] = True
     np.testing.assert_array_equal(after[~looked_up], before[~looked_up])
     assert (after[looked_up] != before[looked_up]).any(axis=1).mean() > 0.9
+
+
+# optimizer -> whether its step has no op over the whole table, in this flavour
+ROW_SPARSE = (
+    {"SGD": True, "Adagrad": False, "Adam": False}
+    if IS_KERAS_3
+    else {"SGD": False, "Adagrad": True, "Adam": False}
+)
+
+
+@pytest.mark.parametrize("optimizer_class", sorted(ROW_SPARSE))
+@pytest.mark.parametrize("state", ["search", "retrain"])
+def test_which_train_steps_cost_follows_the_looked_up_rows(optimizer_class, state):
+    # Keras 3's Adagrad adds epsilon to its whole accumulator and tf-keras's SGD
+    # multiplies a whole momentum slot (even at momentum 0) in every step.
+    layer = _layer(state)
+    optimizer = getattr(keras.optimizers, optimizer_class)(0.1)
+    model = _model(layer, optimizer)
+    variables = model.trainable_variables
+    optimizer.build(variables)
+
+    @tf.function
+    def step(ids):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(ids, training=True) ** 2)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
+    graph = step.get_concrete_function(tf.TensorSpec([None, FIELDS], tf.int32)).graph
+    operations = graph.get_operations()
+    operations += [op for f in graph._functions.values() for op in f.graph.get_operations()]
+    whole_table = [
+        op.type for op in operations if any(o.shape == (INPUT_DIM, DIM) for o in op.outputs)
+    ]
+    assert (whole_table == []) == ROW_SPARSE[optimizer_class], whole_table
