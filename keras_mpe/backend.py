@@ -85,7 +85,11 @@ def gather_rows(variable: Any, indices: tf.Tensor) -> tf.Tensor:
     read with `tf.nn.embedding_lookup`, which gathers on each shard only the rows it
     holds and keeps the order of `indices` (TF 2.21's `ShardedVariable.sparse_read`,
     which `tf.gather` calls, returns them grouped by shard). Any other variable is
-    gathered from its `tf.Variable` (`tf_variable`).
+    gathered from its `tf.Variable` (`tf_variable`): a Keras 3 variable converts to
+    a tensor by reading its whole value, and gathering from that read and then
+    scatter-updating the variable in the same step makes TensorFlow copy the whole
+    table at every step (copy-on-write), so even a row-sparse optimizer step would
+    cost O(table). The gradient is the same `tf.IndexedSlices` either way.
     """
     if isinstance(variable, ShardedVariable):
         return tf.nn.embedding_lookup(variable, indices)

@@ -195,7 +195,8 @@ def pack_table(
     packed table gives exactly the layer's fake-quantized rows.
 
     Args:
-        table: float `[V, D]`, the float table (e.g. `layer.embeddings`).
+        table: float `[V, D]`, the float table (e.g. `layer.embeddings`); a variable
+            or tensor is read in chunks of rows, so packing needs no float copy.
         step_sizes: float `[K]`, one step size per non-zero entry of `bit_widths`
             (e.g. `layer.step_sizes`), each > 0.
         offset: float `[D]`, the offset `beta` (e.g. `layer.offset`).
@@ -223,14 +224,20 @@ def pack_table(
     """
     candidates = checks.bit_widths(bit_widths)
     nonzero = tuple(b for b in candidates if b > 0)
-    values = np.asarray(table.numpy() if isinstance(table, tf.Variable | tf.Tensor) else table)
-    if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 1:
+    # a variable or tensor (a Keras 3 variable too) is read a chunk of rows at a
+    # time, never copied whole
+    in_tf = tf.is_tensor(table) or isinstance(table, tf.Variable)
+    values = table if in_tf else np.asarray(table)
+    shape = tuple(values.shape)
+    if len(shape) != 2 or not shape[0] or not shape[1]:
         raise ValueError(
             f"`table` must be a non-empty 2-D array [input_dim, output_dim]. "
-            f"Received shape {values.shape}."
+            f"Received shape {shape}."
         )
-    input_dim, output_dim = values.shape
-    values = checks.float_array("table", values, values.shape, "[input_dim, output_dim]")
+    input_dim, output_dim = shape
+    dtype = np.dtype(tf.as_dtype(values.dtype).as_numpy_dtype) if in_tf else values.dtype
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise TypeError(f"`table` must hold numbers. Received an array of dtype {dtype}.")
     steps = checks.float_array(
         "step_sizes", step_sizes, (len(nonzero),), f"one per non-zero bit-width of {candidates}"
     )
@@ -278,30 +285,42 @@ def pack_table(
         )
     first_rows = np.concatenate([[0], np.cumsum(rows)[:-1]])
 
-    # codes exactly as the retrain state computes them (one step size and bit-width
-    # per row), in chunks of a fixed number of rows, stored unsigned in uint8
-    row_bits = stored_bits[np.repeat(np.arange(num_groups), rows)].astype(np.int32)
+    def read_rows(ids: np.ndarray) -> np.ndarray:
+        """float32 `[len(ids), D]` rows of the table, checked to be finite."""
+        rows = tf.gather(values, ids).numpy() if in_tf else values[ids]
+        rows = rows.astype(np.float32, copy=False)
+        bad = ~np.isfinite(rows)
+        if bad.any():
+            row, column = np.unravel_index(np.argmax(bad), bad.shape)
+            raise ValueError(
+                f"`table` must be finite. Received table[{ids[row]}, {column}]="
+                f"{rows[row, column]}."
+            )
+        return rows
+
+    # group by group, in chunks of a fixed number of rows: codes exactly as the
+    # retrain state computes them (one step size and bit-width per row), stored
+    # unsigned in uint8, then packed; every row is read, so every row is checked
     step_by_bits = np.ones(MAX_BITS + 1, np.float32)
     step_by_bits[list(nonzero)] = steps
-    half = np.where(row_bits > 0, 2.0 ** (row_bits - 1), 0.0).astype(np.float32)
-    codes = np.empty((input_dim, output_dim), np.uint8)
-    for start in range(0, input_dim, _QUANTIZE_CHUNK):
-        chunk = slice(start, start + _QUANTIZE_CHUNK)
-        signed = quantizers.quantize_codes(
-            tf.constant(values[row_to_id[chunk]]),
-            tf.constant(step_by_bits[row_bits[chunk]][:, None]),
-            tf.constant(beta),
-            tf.constant(row_bits[chunk][:, None]),
-        ).numpy()
-        codes[chunk] = signed + half[chunk][:, None]
-
     words = np.zeros(total_words, np.uint32)
     for slot in range(num_groups):
-        b = int(stored_bits[slot])
-        if b == 0 or rows[slot] == 0:
-            continue
-        packed = pack_bits(codes[first_rows[slot] : first_rows[slot] + rows[slot]], b)
-        words[first_words[slot] : first_words[slot] + packed.size] = packed
+        b, start, count = int(stored_bits[slot]), int(first_rows[slot]), int(rows[slot])
+        codes = np.empty((count, output_dim), np.uint8) if b else None
+        for begin in range(0, count, _QUANTIZE_CHUNK):
+            end = min(begin + _QUANTIZE_CHUNK, count)
+            chunk = read_rows(row_to_id[start + begin : start + end])
+            if b:
+                signed = quantizers.quantize_codes(
+                    tf.constant(chunk),
+                    tf.constant(np.full((end - begin, 1), step_by_bits[b], np.float32)),
+                    tf.constant(beta),
+                    tf.constant(np.full((end - begin, 1), b, np.int32)),
+                ).numpy()
+                codes[begin:end] = signed + np.float32(2 ** (b - 1))
+        if b and count:
+            packed = pack_bits(codes, b)
+            words[first_words[slot] : first_words[slot] + packed.size] = packed
 
     permutation = None
     if not contiguous:

@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras_mpe import checks, codec, grouping, lookup, precision, quantizers
 from keras_mpe.backend import (
     IS_KERAS_3,
+    ShardedVariable,
     gather_rows,
     keras,
     losses_of_this_call,
@@ -537,8 +538,11 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
                 "can be packed. Run the search (`PrecisionSearch`) or call "
                 "`freeze_precision()` first."
             )
+        table = self.embeddings  # read in chunks of rows: no float copy of the table
+        if isinstance(table, ShardedVariable):  # its gathers would reorder rows
+            table = tf.convert_to_tensor(table)
         return codec.pack_table(
-            self.embeddings.numpy(),
+            table,
             self.step_sizes.numpy(),
             self.offset.numpy(),
             self.bit_widths,

@@ -76,6 +76,13 @@ def count_frequencies(data: Any, input_dim: int) -> np.ndarray:
                 f"Received: data of type {type(data).__name__}{of}; {instead}."
             )
     counts = np.zeros(input_dim, dtype=np.int64)
+    spec = data.element_spec if isinstance(data, tf.data.Dataset) else None
+    if isinstance(spec, tf.TensorSpec) and spec.shape.is_fully_defined():
+        # small elements (e.g. one id each) in batches: no Python step per id
+        data = data.batch(max(1, _CHUNK // max(1, spec.shape.num_elements())))
+    # Count chunks together until they hold about input_dim ids: a bincount costs
+    # O(input_dim) whatever its input, so that cost is paid once per input_dim ids.
+    pending, pending_size = [], 0
     for chunk in _integer_chunks(data):
         if chunk.size == 0:
             continue
@@ -86,8 +93,21 @@ def count_frequencies(data: Any, input_dim: int) -> np.ndarray:
                 f"`data` holds id {bad}, outside [0, input_dim={input_dim}). "
                 "Map out-of-vocabulary values to an id in range before `adapt()`."
             )
-        counts += np.bincount(chunk, minlength=input_dim)
+        pending.append(chunk)
+        pending_size += chunk.size
+        if pending_size >= max(_CHUNK, input_dim // 2):
+            _add_counts(counts, pending)
+            pending, pending_size = [], 0
+    _add_counts(counts, pending)
     return counts
+
+
+def _add_counts(counts: np.ndarray, chunks: list[np.ndarray]) -> None:
+    """Adds the ids of `chunks` to `counts` in place."""
+    if chunks:
+        ids = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        found = np.bincount(ids)
+        counts[: found.size] += found
 
 
 def validate_frequencies(frequencies: Any, input_dim: int) -> np.ndarray:
@@ -166,8 +186,8 @@ def frequency_groups(frequencies: np.ndarray, num_groups: int) -> tuple[np.ndarr
     (array([1, 0, 0, 1], dtype=int32), array([1., 7.], dtype=float32))
     """
     input_dim = frequencies.shape[0]
-    ids = np.arange(input_dim)
-    ascending = np.lexsort((-ids, frequencies))
+    # ascending frequency, ties larger id first: a stable sort of the reversed counts
+    ascending = input_dim - 1 - np.argsort(frequencies[::-1], kind="stable")
     sizes = group_sizes(input_dim, num_groups)
     id_to_group = np.empty(input_dim, dtype=np.int32)
     id_to_group[ascending] = np.repeat(np.arange(sizes.size, dtype=np.int32), sizes)

@@ -1,5 +1,5 @@
-"""The examples and the demo, run with `--smoke` in a fresh process, and the train-step
-and serving benchmarks, run at a toy size.
+"""The examples and the demo, run with `--smoke` in a fresh process, and the train-step,
+serving and scale benchmarks, run at a toy size.
 
 Each script runs in the Keras flavour it is written for, in the CI pass of that flavour:
 the TFRS examples (which force tf-keras themselves) in the `TF_USE_LEGACY_KERAS=1`
@@ -206,3 +206,21 @@ def test_gpu_serving_check_says_when_there_is_no_gpu():
         pytest.skip("a GPU is present: the check would run for real")
     output = _run([str(BENCHMARKS / "gpu_serving.py")], legacy_keras=not IS_KERAS_3)
     _assert_lines(output, [r"^no GPU found$"])
+
+
+def test_scale_benchmark_runs_at_a_toy_size():
+    arguments = ["--input_dim", "2000", "--steps", "2", "--warmup", "1", "--batch", "32"]
+    arguments += ["--fields", "4", "--hidden", "8", "--adapt_ids", "100000"]
+    output = _run([str(BENCHMARKS / "scale.py"), *arguments], legacy_keras=not IS_KERAS_3)
+    rss = r"[\d,]+ M +[\d.]+x"
+    _assert_lines(
+        output,
+        [
+            r"^scale, .*input_dim=2,000 D=16 .* adam lr 0\.001",
+            rf"^  embedding +{NUMBER} +{NUMBER} +{NUMBER} +{rss} +{NUMBER} +1\.00x",
+            rf"^  adapt .* {rss} +- +- +{NUMBER}M ids/s over 100,096 ids",
+            rf"^  search .* {rss} +{NUMBER} +{NUMBER}x +peak {NUMBER}x table before",
+            rf"^  retrain .* {rss} +{NUMBER} +{NUMBER}x",
+            rf"^  export .* {rss} +- +- +export adds [\d,]+ MiB = {NUMBER}x table",
+        ],
+    )

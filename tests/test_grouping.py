@@ -22,6 +22,27 @@ def test_count_frequencies_streams_in_chunks(monkeypatch):
     np.testing.assert_array_equal(grouping.count_frequencies(ids, 9), np.bincount(ids))
 
 
+@pytest.mark.parametrize("chunk", [3, 7, 1 << 20])
+def test_count_frequencies_of_datasets_of_any_element_shape(monkeypatch, chunk):
+    # scalars and fixed shapes are batched up to `_CHUNK` ids; ragged batches (no
+    # static shape) stream as they are; counts are summed over many bincounts
+    monkeypatch.setattr(grouping, "_CHUNK", chunk)
+    ids = np.random.default_rng(1).integers(0, 11, size=200)
+    expected = np.bincount(ids, minlength=12)
+    scalars = tf.data.Dataset.from_tensor_slices(ids)
+    pairs = tf.data.Dataset.from_tensor_slices(ids.reshape(100, 2))
+    uneven = tf.data.Dataset.from_generator(
+        lambda: (ids[i : i + 1 + i % 5] for i in range(200)),
+        output_signature=tf.TensorSpec([None], tf.int64),
+    )
+    uneven_expected = np.bincount(
+        np.concatenate([ids[i : i + 1 + i % 5] for i in range(200)]), minlength=12
+    )
+    np.testing.assert_array_equal(grouping.count_frequencies(scalars, 12), expected)
+    np.testing.assert_array_equal(grouping.count_frequencies(pairs, 12), expected)
+    np.testing.assert_array_equal(grouping.count_frequencies(uneven, 12), uneven_expected)
+
+
 @pytest.mark.parametrize("bad", [-1, 10])
 def test_count_frequencies_rejects_out_of_range_ids(bad):
     with pytest.raises(ValueError, match=rf"id {bad}, outside \[0, input_dim=10\)"):
@@ -43,7 +64,7 @@ def test_count_frequencies_rejects_float_ids_and_tuple_datasets():
         ([1.0, np.nan, 3.0], r"frequencies\[1\]=nan"),
         ([1.0, 2.0], r"shape \(input_dim,\) = \(3,\). Received shape \(2,\)"),
         ([np.inf, 1.0, 1.0], r"frequencies\[0\]=inf"),
-        ([1.0, 2.5, 1.0], r"whole-number counts. Received frequencies\[1\]=2.5"),
+        ([1.0, 2.5, 1.0], r"whole-number counts below 2\*\*63. Received frequencies\[1\]=2.5"),
     ],
 )
 def test_validate_frequencies_errors_name_the_value(frequencies, message):
