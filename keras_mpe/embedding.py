@@ -210,6 +210,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         self.temperature = self._add_state("temperature", self.final_temperature)
         self.bit_penalty = self._add_state("bit_penalty", self.initial_bit_penalty)
         self.frequencies = self._add_state("frequencies", self._initial_frequencies, "int64")
+        self._initial_frequencies = None  # the variable holds them now (V int64)
         # int64, not int32: a GPU gathers int64 from a variable in device memory, int32
         # not at all (and not uint32: the collective ops that MultiWorkerMirroredStrategy
         # broadcasts variables with take no uint32)
@@ -598,7 +599,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
                 "search_forward": self.search_forward,
             }
         )
-        frequencies = self.frequencies.numpy() if self.built else self._initial_frequencies
+        frequencies = self._initial_frequencies if not self.built else self.frequencies.numpy()
         if frequencies.any():  # given or adapted: a clone groups the ids the same way
             config["frequencies"] = frequencies.tolist()
         return config

@@ -112,7 +112,6 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
                 f"Received: layer={layer!r} (of type {type(layer).__name__})"
             )
         table = layer.packed_table()
-        config = layer.get_config()
         twin = cls(
             table.input_dim,
             table.output_dim,
@@ -123,7 +122,7 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
             max_bits=table.max_bits,
             mask_zero=layer.mask_zero,
             name=layer.name,
-            dtype=config["dtype"],
+            dtype=layer.dtype_policy,
         )
         twin._initial_arrays = table.arrays()
         twin.build()
