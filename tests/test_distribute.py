@@ -10,16 +10,14 @@ step-for-step comparable) must serve from its export what the trained model comp
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scripts import ROOT, run_script
 
 from keras_mpe.backend import IS_KERAS_3
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "distributed.py"
 TIMEOUT = 400  # seconds per run; the multi-worker launcher bounds each worker too
 WEIGHT_TOLERANCE = 1e-5
@@ -42,30 +40,15 @@ keras_3_multi_worker_broken = pytest.mark.skipif(
 def _run(strategy: str, tmp_path: Path, name: str) -> tuple[str, Path]:
     """Runs the example's smoke run under `strategy`; returns its stdout and the
     file of its retrained weights."""
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT)] + [p for p in [environment.get("PYTHONPATH")] if p]
-    )
     weights = tmp_path / f"{name}.npz"
     backup = tmp_path / f"{name}-backup"
     arguments = ["--strategy", strategy, "--smoke", "--weights_file", str(weights)]
     arguments += ["--backup_dir", str(backup), "--export_dir", str(tmp_path / f"{name}-export")]
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *arguments],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=str(ROOT),
-        timeout=TIMEOUT,
-    )
-    assert result.returncode == 0, (
-        f"{strategy} failed with exit code {result.returncode}:\n"
-        f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
+    stdout = run_script([str(SCRIPT), *arguments], not IS_KERAS_3, TIMEOUT)
     # the search's backup files are removed when it ends; the export is kept
     assert os.listdir(backup) == [], os.listdir(backup)
     assert (tmp_path / f"{name}-export" / "saved_model.pb").is_file()
-    return result.stdout, weights
+    return stdout, weights
 
 
 def _line(output: str, prefix: str) -> str:

@@ -10,17 +10,14 @@ examples are skipped when MovieLens cannot be loaded (no cache and no network).
 import functools
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import tensorflow as tf
+from scripts import ROOT, run_script
 
 from keras_mpe.backend import IS_KERAS_3
 from keras_mpe.datasets import MovieLensUnavailableError, load_movielens
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 BENCHMARKS = ROOT / "benchmarks"
 TIMEOUT = 300  # seconds; a smoke run takes well under one minute on 2 cores
@@ -51,28 +48,7 @@ def _require_movielens(variant: str) -> None:
 
 
 def _run(arguments: list[str], legacy_keras: bool, env: dict | None = None) -> str:
-    """Runs `python <arguments>` with the chosen Keras flavour; returns its stdout."""
-    environment = dict(os.environ if env is None else env)
-    environment.pop("TF_USE_LEGACY_KERAS", None)
-    if legacy_keras:
-        environment["TF_USE_LEGACY_KERAS"] = "1"
-    environment["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT)] + [p for p in [environment.get("PYTHONPATH")] if p]
-    )
-    result = subprocess.run(
-        [sys.executable, *arguments],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=str(ROOT),
-        timeout=TIMEOUT,
-    )
-    assert result.returncode == 0, (
-        f"{' '.join(arguments)} failed with exit code {result.returncode}:\n"
-        f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
-    return result.stdout
+    return run_script(arguments, legacy_keras, TIMEOUT, env)
 
 
 def _assert_lines(output: str, patterns: list[str]) -> None:
