@@ -78,6 +78,7 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
         self.input_dim = checks.positive_int("input_dim", input_dim)
         self.output_dim = checks.positive_int("output_dim", output_dim)
         self.bit_widths = checks.bit_widths(bit_widths)
+        self.nonzero_bit_widths = tuple(b for b in self.bit_widths if b > 0)  # of step_sizes
         self.groups = checks.positive_int("groups", groups)
         if not checks.is_int(num_words) or num_words < 0:
             raise ValueError(
@@ -136,7 +137,7 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
             "first_rows": (self.groups, "uint32"),
             "first_words": (self.groups, "uint32"),
             "group_bits": (self.groups, "uint32"),
-            "step_sizes": (sum(b > 0 for b in self.bit_widths), "float32"),
+            "step_sizes": (len(self.nonzero_bit_widths), "float32"),
             "offset": (self.output_dim, "float32"),
         }
         if self.permutation_words is not None:
@@ -164,7 +165,7 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
             ids,
             **arrays,
             input_dim=self.input_dim,
-            nonzero_bit_widths=tuple(b for b in self.bit_widths if b > 0),
+            nonzero_bit_widths=self.nonzero_bit_widths,
             max_bits=self.max_bits,
         )
         return tf.cast(values, self.compute_dtype)
@@ -176,7 +177,7 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
         return codec.PackedTable(
             **arrays,
             permutation=permutation,
-            nonzero_bit_widths=tuple(b for b in self.bit_widths if b > 0),
+            nonzero_bit_widths=self.nonzero_bit_widths,
             input_dim=self.input_dim,
             output_dim=self.output_dim,
         )
