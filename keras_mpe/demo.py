@@ -3,15 +3,17 @@
 `run_demo()` loads MovieLens-100K as a click-through task (label `rating >= 4`, eight
 fields in one shared id space, ids ranked by train frequency), trains a float
 `keras.layers.Embedding` baseline, then the same model with a
-`MixedPrecisionEmbedding`: `adapt` (train frequencies), the bit search with
-`PrecisionSearch`, the retrain at the chosen bits, `export_saved_model`, a reload
-of the SavedModel in a fresh Python process that does not import keras_mpe, and
-`plot_precision`. It prints each step as it goes and a summary at the end.
+`MixedPrecisionEmbedding` at a few compression targets: `adapt` (train frequencies),
+the bit search with `PrecisionSearch`, the retrain at the chosen bits. It keeps the
+largest compression that stays within 0.003 AUC of float32, exports it with
+`export_saved_model`, reloads the SavedModel in a fresh Python process that does not
+import keras_mpe, and plots the trade-off and the bits. It prints each step as it goes
+and a summary at the end.
 
 When MovieLens cannot be loaded (not cached and no network), it says so and runs on
 `keras_mpe.datasets.synthetic_ctr` instead; every figure is then labelled synthetic.
 
-    python -m keras_mpe.demo            # about 1.5 minutes on 2 CPU cores
+    python -m keras_mpe.demo            # about 2 minutes on 2 CPU cores
     python -m keras_mpe.demo --smoke    # well under a minute, for CI
 """
 
@@ -159,60 +161,120 @@ def _load_data(data: str, smoke: bool, say: Callable[[str], None]) -> tuple[CTRD
     return ctr.ranked_by_frequency(), data == "synthetic"
 
 
+def _train_mpe(
+    ctr: CTRData, target: float, epochs: int, embedding_dim: int, batch_size: int, seed: int
+) -> tuple[Any, Any]:
+    """Searches the bits at `target` compression and retrains: `(model, layer)`."""
+    keras.utils.set_random_seed(seed)
+    layer = keras_mpe.MixedPrecisionEmbedding(
+        ctr.vocabulary_size, embedding_dim, name="mpe_embedding"
+    )
+    layer.adapt(ctr.train[0])  # train frequencies -> frequency groups
+    model = ctr_model(layer, ctr.train[0].shape[1])
+    compile_ctr(model)
+    search = keras_mpe.PrecisionSearch(monitor="val_auc", target_compression=target, verbose=0)
+    for callbacks in ([search], []):  # the search, then the retrain at the chosen bits
+        model.fit(
+            *ctr.train,
+            batch_size=batch_size,
+            epochs=epochs,
+            validation_data=ctr.validation,
+            callbacks=callbacks,
+            verbose=0,
+        )
+    return model, layer
+
+
+def _plot_tradeoff(sweep: list[dict], float_auc: float, tolerance: float, path: str) -> None:
+    """Writes a PNG of test AUC against compression, with the float32 line and the
+    tolerance band below it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    axis.axhline(float_auc, color="black", linewidth=0.8, label="float32")
+    axis.axhspan(float_auc - tolerance, float_auc, color="green", alpha=0.15,
+                 label=f"within {tolerance:g} of float32")  # fmt: skip
+    ratios = [run["compression_ratio"] for run in sweep]
+    axis.plot(ratios, [run["auc"] for run in sweep], "o-", label="MPE")
+    for run in sweep:
+        axis.annotate(f"target {run['target']:g}x", (run["compression_ratio"], run["auc"]),
+                      textcoords="offset points", xytext=(4, -10), fontsize=7)  # fmt: skip
+    axis.set_xscale("log")
+    axis.set_xlabel("compression of the embedding table (with overhead)")
+    axis.set_ylabel("test AUC")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower left")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def run_demo(
     data: str = "movielens-100k",
     smoke: bool = False,
     output_dir: str = "keras_mpe_demo",
     epochs: int | None = None,
-    target_compression: float | None = 16.0,
-    bit_penalty: float = 0.0,
+    targets: Sequence[float] = (4.0, 8.0, 16.0, 32.0),
+    tolerance: float = 0.003,
     embedding_dim: int = 16,
     batch_size: int = 1024,
     seed: int = 0,
     say: Callable[[str], None] = print,
 ) -> dict:
-    """Runs the whole MPE path and prints what it finds.
+    """Runs the whole MPE path over a few compression targets and prints the trade-off.
 
     Steps: load the data (MovieLens-100K CTR, or synthetic when asked or when
-    MovieLens is unavailable), train a float32 `keras.layers.Embedding` baseline
-    for `2 * epochs` epochs, then an MPE model: `adapt` to the train frequencies,
-    search the bits with `PrecisionSearch` for `epochs` epochs, retrain at the
-    chosen bits for `epochs` epochs (the same budget as the baseline),
-    `export_saved_model`, reload it in a fresh process without keras_mpe and check
-    that it serves the model's outputs, and write the precision plot.
+    MovieLens is unavailable); train a float32 `keras.layers.Embedding` baseline,
+    with the initializer `MixedPrecisionEmbedding` uses, for `2 * epochs` epochs;
+    then, for each of `targets`, an MPE model: `adapt` to the train frequencies,
+    search the bits with `PrecisionSearch(target_compression=target)` for `epochs`
+    epochs and retrain at the chosen bits for `epochs` epochs (the baseline's
+    budget). It keeps the largest compression whose test AUC is within `tolerance`
+    of the baseline's (or, if none is, the most accurate), exports it with
+    `export_saved_model`, reloads it in a fresh process without keras_mpe, checks
+    that it serves the model's outputs, and writes two plots: the trade-off
+    (`tradeoff.png`) and the kept model's bits per group (`precision.png`).
 
     Args:
         data: `"movielens-100k"` or `"synthetic"`.
         smoke: a tiny, quick run (slices of the data, one epoch per phase).
-        output_dir: where the SavedModel (`saved_model/`) and `precision.png` go.
-        epochs: epochs of each MPE phase; default 4 (1 with `smoke`).
-        target_compression: the table's compression ratio (with overhead) that
-            `PrecisionSearch` steers the bit penalty to reach; `None` to use
-            `bit_penalty` as given.
-        bit_penalty: the layer's bit penalty (the starting value under a target).
+        output_dir: where the SavedModel (`saved_model/`) and the plots go.
+        epochs: epochs of each MPE phase; default 3 (1 with `smoke`).
+        targets: the compression ratios (with overhead) to search for, each > 1.
+        tolerance: the AUC loss against float32 that counts as keeping accuracy.
         embedding_dim: the embedding dimension.
         batch_size: the training batch size.
-        seed: the random seed of both models.
+        seed: the random seed of every model.
         say: where progress lines go (default `print`).
 
     Returns:
-        A dict of the figures: `data`, `synthetic`, `float_auc`, `mpe_auc`,
-        `compression_ratio`, `payload_compression_ratio`, `average_bits`,
-        `saved_model_bytes`, `float32_table_bytes`, `packed_table_bytes`,
-        `reload_max_abs_diff`, `reload_ok`, `export_dir`, `plot`, `seconds`.
+        A dict of the figures: `data`, `synthetic`, `float_auc`, `sweep` (per
+        target: `target`, `auc`, `compression_ratio`), `kept_target`,
+        `within_tolerance` and, for the kept model, `mpe_auc`, `compression_ratio`,
+        `payload_compression_ratio`, `average_bits`, `saved_model_bytes`,
+        `float32_table_bytes`, `packed_table_bytes`, `reload_max_abs_diff`,
+        `reload_ok`, `export_dir`, `plots`, `seconds`.
 
     Example:
 
     ```python
     from keras_mpe.demo import run_demo
-    figures = run_demo(smoke=True, output_dir="/tmp/mpe_demo")
+    figures = run_demo(smoke=True, targets=(8, 16), output_dir="/tmp/mpe_demo")
     print(figures["mpe_auc"], figures["compression_ratio"])
     ```
     """
     if data not in DATA_CHOICES:
         raise ValueError(f"`data` must be one of {DATA_CHOICES}. Received: data={data!r}")
+    if not targets or not all(isinstance(t, int | float) and t > 1 for t in targets):
+        raise ValueError(
+            f"`targets` must be compression ratios, each > 1. Received: targets={targets!r}"
+        )
+    if not (isinstance(tolerance, int | float) and tolerance >= 0):
+        raise ValueError(f"`tolerance` must be a number >= 0. Received: tolerance={tolerance!r}")
     start = time.perf_counter()
-    epochs = epochs if epochs is not None else (1 if smoke else 4)
+    epochs = epochs if epochs is not None else (1 if smoke else 3)
 
     def step(text: str) -> None:
         say(f"[{time.perf_counter() - start:6.1f}s] {text}")
@@ -227,9 +289,13 @@ def run_demo(
         f"{fields} fields, {ctr.vocabulary_size} ids, click rate {y_train.mean():.3f}"
     )
 
-    step(f"[1/6] float32 baseline (keras.layers.Embedding), {2 * epochs} epochs")
+    step(f"[1/5] float32 baseline (keras.layers.Embedding), {2 * epochs} epochs")
     keras.utils.set_random_seed(seed)
-    baseline = ctr_model(keras.layers.Embedding(ctr.vocabulary_size, embedding_dim), fields)
+    initializer = keras_mpe.MixedPrecisionEmbedding(1, 1).embeddings_initializer
+    embedding = keras.layers.Embedding(
+        ctr.vocabulary_size, embedding_dim, embeddings_initializer=initializer
+    )
+    baseline = ctr_model(embedding, fields)
     compile_ctr(baseline)
     baseline.fit(
         x_train,
@@ -237,55 +303,39 @@ def run_demo(
         batch_size=batch_size,
         epochs=2 * epochs,
         validation_data=validation,
-        verbose=2,
+        verbose=0,
     )
     float_auc = float(baseline.evaluate(x_test, y_test, verbose=0, return_dict=True)["auc"])
     step(f"  float32 test AUC {float_auc:.4f}")
 
-    budget = (
-        f"target compression {target_compression:g}x"
-        if target_compression
-        else f"bit penalty {bit_penalty:g}"
-    )
-    step(f"[2/6] MPE search with PrecisionSearch, {epochs} epochs, {budget}")
-    keras.utils.set_random_seed(seed)
-    layer = keras_mpe.MixedPrecisionEmbedding(
-        ctr.vocabulary_size, embedding_dim, bit_penalty=bit_penalty, name="mpe_embedding"
-    )
-    layer.adapt(x_train)  # train frequencies -> frequency groups
-    model = ctr_model(layer, fields)
-    compile_ctr(model)
-    search = keras_mpe.PrecisionSearch(monitor="val_auc", target_compression=target_compression)
-    model.fit(
-        x_train,
-        y_train,
-        batch_size=batch_size,
-        epochs=epochs,
-        validation_data=validation,
-        callbacks=[search],
-        verbose=2,
-    )
-
-    step(f"[3/6] MPE retrain at the chosen bits (table rewound), {epochs} epochs")
-    model.fit(
-        x_train,
-        y_train,
-        batch_size=batch_size,
-        epochs=epochs,
-        validation_data=validation,
-        verbose=2,
-    )
-    mpe_auc = float(model.evaluate(x_test, y_test, verbose=0, return_dict=True)["auc"])
+    step(f"[2/5] MPE at targets {', '.join(f'{t:g}x' for t in targets)}: search and retrain, "
+         f"{epochs} + {epochs} epochs each")  # fmt: skip
+    sweep, models = [], []
+    for target in targets:
+        model, layer = _train_mpe(ctr, target, epochs, embedding_dim, batch_size, seed)
+        auc = float(model.evaluate(x_test, y_test, verbose=0, return_dict=True)["auc"])
+        ratio = layer.memory_report()["compression_ratio"]
+        sweep.append({"target": float(target), "auc": auc, "compression_ratio": ratio})
+        models.append((model, layer))
+        step(f"  target {target:g}x: {ratio:.1f}x, test AUC {auc:.4f} ({auc - float_auc:+.4f})")
+    within = [i for i, run in enumerate(sweep) if run["auc"] >= float_auc - tolerance]
+    if within:
+        kept = max(within, key=lambda i: sweep[i]["compression_ratio"])
+    else:
+        kept = max(range(len(sweep)), key=lambda i: sweep[i]["auc"])
+    model, layer = models[kept]
+    mpe_auc = sweep[kept]["auc"]
     report = layer.memory_report()
-    step(f"  MPE test AUC {mpe_auc:.4f}, {report['compression_ratio']:.1f}x compression")
 
     os.makedirs(output_dir, exist_ok=True)
     export_dir = os.path.join(output_dir, "saved_model")
-    step(f"[4/6] export_saved_model -> {export_dir}")
+    step(
+        f"[3/5] export_saved_model of the {report['compression_ratio']:.1f}x model -> {export_dir}"
+    )
     keras_mpe.export_saved_model(model, export_dir, overwrite=True)
     saved_bytes = directory_bytes(export_dir)
 
-    step("[5/6] reloading the SavedModel in a fresh Python process (TensorFlow only)")
+    step("[4/5] reloading the SavedModel in a fresh Python process (TensorFlow only)")
     expected = model.predict(x_test, batch_size=4096, verbose=0)
     with tempfile.TemporaryDirectory() as work_dir:
         served = reload_in_fresh_process(os.path.abspath(export_dir), x_test, work_dir)
@@ -296,9 +346,10 @@ def run_demo(
         + ("OK" if reload_ok else "MISMATCH")
     )
 
-    plot = os.path.join(output_dir, "precision.png")
-    step(f"[6/6] precision plot -> {plot}")
-    keras_mpe.plot_precision(layer, plot)
+    plots = [os.path.join(output_dir, name) for name in ("tradeoff.png", "precision.png")]
+    step(f"[5/5] plots -> {', '.join(plots)}")
+    _plot_tradeoff(sweep, float_auc, tolerance, plots[0])
+    keras_mpe.plot_precision(layer, plots[1])
 
     seconds = time.perf_counter() - start
     bits = np.bincount(report["group_bits"], minlength=max(layer.bit_widths) + 1)
@@ -307,6 +358,16 @@ def run_demo(
     say(f"=== keras-mpe demo summary ({label}) ===")
     say(f"data:                  {ctr.description}")
     say(f"test AUC float32:      {float_auc:.4f}  (keras.layers.Embedding, {2 * epochs} epochs)")
+    for run in sweep:
+        say(
+            f"  MPE target {run['target']:>4g}x:    {run['auc']:.4f} at "
+            f"{run['compression_ratio']:.1f}x ({run['auc'] - float_auc:+.4f})"
+        )
+    if within:
+        say(f"largest compression within {tolerance:g} AUC of float32: "
+            f"{report['compression_ratio']:.1f}x (kept and exported)")  # fmt: skip
+    else:
+        say(f"no target kept the AUC within {tolerance:g} of float32; kept the most accurate")
     say(f"test AUC MPE:          {mpe_auc:.4f}  ({epochs} search + {epochs} retrain epochs)")
     say(f"AUC difference:        {mpe_auc - float_auc:+.4f}  (MPE - float32)")
     say("groups per bit-width:  " + ", ".join(f"{b} bits: {n}" for b, n in enumerate(bits) if n))
@@ -321,12 +382,15 @@ def run_demo(
         f"reload check:          {'passed' if reload_ok else 'FAILED'} (fresh process without "
         f"keras_mpe, max abs diff {max_diff:.2e})"
     )
-    say(f"precision plot:        {plot}")
+    say(f"plots:                 {', '.join(plots)}")
     say(f"total time:            {seconds:.0f} s")
     return {
         "data": data,
         "synthetic": synthetic,
         "float_auc": float_auc,
+        "sweep": sweep,
+        "kept_target": sweep[kept]["target"],
+        "within_tolerance": bool(within),
         "mpe_auc": mpe_auc,
         "compression_ratio": report["compression_ratio"],
         "payload_compression_ratio": report["payload_compression_ratio"],
@@ -337,7 +401,7 @@ def run_demo(
         "reload_max_abs_diff": max_diff,
         "reload_ok": reload_ok,
         "export_dir": export_dir,
-        "plot": plot,
+        "plots": plots,
         "seconds": seconds,
     }
 
@@ -364,10 +428,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=int, default=None, help="epochs per MPE phase")
     parser.add_argument(
-        "--target-compression",
+        "--targets",
+        default="4,8,16,32",
+        help="comma-separated compression ratios to search for (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tolerance",
         type=float,
-        default=16.0,
-        help="compression ratio the search aims at (default: %(default)s)",
+        default=0.003,
+        help="AUC loss against float32 that counts as keeping accuracy (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     figures = run_demo(
@@ -375,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         smoke=args.smoke,
         output_dir=args.output_dir,
         epochs=args.epochs,
-        target_compression=args.target_compression,
+        targets=[float(t) for t in args.targets.split(",") if t],
+        tolerance=args.tolerance,
     )
     return 0 if figures["reload_ok"] else 1
 

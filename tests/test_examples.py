@@ -112,6 +112,8 @@ def test_ctr_movielens_smoke():
 
 DEMO_SUMMARY = [
     rf"^test AUC float32: +{NUMBER}",
+    *[rf"^  MPE target +{t}x: +{NUMBER} at {NUMBER}x \([+-]{NUMBER}\)$" for t in (4, 8, 16, 32)],
+    r"^(largest compression within 0.003 AUC of float32: [\d.]+x|no target kept the AUC)",
     rf"^test AUC MPE: +{NUMBER}",
     rf"^AUC difference: +[+-]{NUMBER}",
     rf"^compression ratio: +{NUMBER}x with overhead",
@@ -129,6 +131,7 @@ def test_demo_smoke_on_movielens(tmp_path):
     )
     _assert_lines(output, [r"^=== keras-mpe demo summary \(MovieLens-100K\) ===$", *DEMO_SUMMARY])
     assert (tmp_path / "precision.png").stat().st_size > 0
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0
     assert (tmp_path / "saved_model" / "saved_model.pb").is_file()
 
 
