@@ -393,7 +393,8 @@ def main() -> None:
             f"[{time.time() - start:.0f}s]",
             flush=True,
         )
-    write_results(rows, name, args.data, [run_line(args, data[4])], data[4])
+        # after every method, so that a run stopped early keeps what it finished
+        write_results(rows, name, args.data, [run_line(args, data[4])], data[4])
 
 
 def run_line(args, description: str) -> str:
