@@ -323,7 +323,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--penalties", default="1e-5,1e-4", help="bit penalties to sweep")
     parser.add_argument("--targets", default="8,16,32", help="target compression ratios")
-    parser.add_argument("--only", default="", help="comma-separated methods to run (default all)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated methods to run (default all); with --merge, the rows to keep",
+    )
     parser.add_argument(
         "--results-name", default="", help="file name of the results (default compression-DATA)"
     )
@@ -342,6 +346,8 @@ def main() -> None:
         parts = [read_results(path) for path in args.merge.split(",")]
         runs = [run for part_runs, _ in parts for run in part_runs]
         rows = [row for _, part_rows in parts for row in part_rows]
+        if args.only:  # keep only these rows of the merged files
+            rows = [row for row in rows if row["method"] in args.only.split(",")]
         write_results(rows, name, args.data, runs, description=args.data)
         return
     data = load(args.data)
