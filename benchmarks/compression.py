@@ -71,7 +71,7 @@ def load(name: str):
     if name == "synthetic":
         data = synthetic_ctr(rows=200_000, fields=8, ids_per_field=5_000).ranked_by_frequency()
     elif name == "long-tail-synthetic":
-        data = planted_long_tail().data  # ids are ranked by likelihood already
+        data = planted_long_tail().data  # ids are ranked by train frequency already
     elif name == "instacart":
         data = keras_mpe.datasets.load_instacart().ranked_by_frequency()
     else:

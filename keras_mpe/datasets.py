@@ -130,7 +130,7 @@ class PlantedLongTail:
     """`synthetic_long_tail`'s data and its planted answer.
 
     Attributes:
-        data: the `CTRData` (ids ranked by frequency: id 0 the most likely).
+        data: the `CTRData` (ids ranked by train frequency: id 0 the most frequent).
         effects: float32 `[vocabulary_size]` planted effect of each id; 0 for the ids
             that carry no signal.
     """
@@ -171,7 +171,9 @@ def synthetic_long_tail(
     click probability is `sigmoid(sum of its ids' effects)`. So the ideal allocation
     keeps bits for the groups that hold signal-carrying ids and prunes the rest;
     `signal_mass_kept` measures how much of the signal an allocation keeps. Split
-    80/10/10 in row order. Whatever uses it must say its figures are synthetic.
+    80/10/10 in row order; ids are then renumbered by descending train frequency (id 0
+    the most frequent), and `effects` with them. Whatever uses it must say its figures
+    are synthetic.
 
     Example:
 
@@ -213,6 +215,13 @@ def synthetic_long_tail(
     logits = effects[ids].sum(axis=1)
     labels = (rng.random(rows) < 1 / (1 + np.exp(-logits))).astype(np.float32)[:, None]
     cut_train, cut_val = int(rows * 0.8), int(rows * 0.9)
+    # renumber by train frequency, as `CTRData.ranked_by_frequency` does, so that the
+    # frequency groups are contiguous id ranges (no id permutation in a packed table)
+    counts = np.bincount(ids[:cut_train].ravel(), minlength=vocabulary_size)
+    rank = np.empty(vocabulary_size, np.int32)
+    rank[np.lexsort((np.arange(vocabulary_size), -counts))] = np.arange(vocabulary_size)
+    ids = rank[ids]
+    effects[rank] = effects.copy()
     data = CTRData(
         train=(ids[:cut_train], labels[:cut_train]),
         validation=(ids[cut_train:cut_val], labels[cut_train:cut_val]),
@@ -221,7 +230,7 @@ def synthetic_long_tail(
         description=(
             f"SYNTHETIC long tail: {rows} rows, {fields} fields over {vocabulary_size} ids, "
             f"Zipf exponent {zipf_exponent}, signal on {signal.size} random ids of the "
-            f"{signal_ranks} most likely, seed {seed}"
+            f"{signal_ranks} most likely, seed {seed}; ids ranked by train frequency"
         ),
     )
     return PlantedLongTail(data, effects)
