@@ -273,6 +273,18 @@ DEVIATIONS = {
 }
 
 
+def is_recipe(method: str) -> bool:
+    """Whether `method` names the paper's recipe with known deviations and a budget,
+    e.g. `paper+sample+logsteps-target-16`."""
+    recipe, _, budget = method.partition("-")
+    deviations = recipe.split("+")
+    try:
+        float(budget.removeprefix("target-"))
+    except ValueError:
+        return False
+    return deviations[0] == "paper" and set(deviations[1:]) <= set(DEVIATIONS)
+
+
 def mpe_recipe(method: str, mpe_bits: tuple[int, ...]):
     """`(layer class, layer options, PrecisionSearch options)` of an MPE method:
     `mpe-<penalty>`, `mpe-target-<R>`, `paper[+deviation...]-<penalty>` or
@@ -364,10 +376,13 @@ def main() -> None:
     methods += [f"{recipe}-target-{r}" for recipe in ("mpe", "paper") for r in targets]
     methods += [f"threshold-{r}" for r in targets]
     if args.only:
-        unknown = set(args.only.split(",")) - set(methods)
+        unknown = [m for m in args.only.split(",") if m not in methods and not is_recipe(m)]
         if unknown:
-            parser.error(f"--only names unknown methods {sorted(unknown)}; known: {methods}")
-        methods = [m for m in methods if m in args.only.split(",")]
+            parser.error(
+                f"--only names unknown methods {unknown}; known: {methods}, and "
+                "paper+<deviation>+...-<penalty> or -target-<R> with any deviations"
+            )
+        methods = args.only.split(",")
     print(f"data: {data[4]}; {args.epochs} epochs per method, seeds {args.seeds}")
     rows = []
     for method in methods:
