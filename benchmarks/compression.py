@@ -10,24 +10,19 @@ Methods (each for every seed, all with the same model and the same total epochs)
   training, two phases like MPE.
 - `ptq-int8`, `ptq-int4` (Keras 3 only): the trained `fp32` model's table quantized after
   training with `Embedding.quantize(mode)`.
-- `paper-<penalty>`: the paper's recipe: the expectation over the widths as the
-  search's forward, a fixed temperature (the layer's `final_temperature`, 3e-3), that
-  fixed bit penalty, step sizes and offset learned as they are (as the layer does),
-  best validation epoch, rewind.
+- `paper-<penalty>`: the paper's recipe as `../shared/MPE.md`-style notes give it: the
+  expectation over the widths as the search's forward, a fixed temperature (the
+  layer's `final_temperature`, 3e-3), that fixed bit penalty, step sizes and offset
+  learned as they are (`DirectQuantizerEmbedding`), best validation epoch, rewind.
   One difference remains: the groups are `floor(V / G)` ids each with a long last
   group, where the paper has `ceil(V / G)` with a short one (one id per group).
 - `paper+<deviation>-<penalty>`: the paper's recipe with one of the defaults' choices
   switched on: `sample` (sampled widths as the search's forward), `anneal` (the
   temperature annealed from 1.0), `logsteps` (step sizes learned as `exp(10 u)`, the
-  offset in units of the table's scale: `LogStepsEmbedding`, the layer's default
-  before 2026-12-02); `paper-target-<R>`: with `target_compression` steering the
-  penalty and `fit_to_budget` ending the search. Deviations combine:
-  `paper+sample+anneal-target-16`.
-- `mpe-<penalty>`, `mpe-target-<R>`: the layer's and `PrecisionSearch`'s defaults
-  (sampled forward, annealed temperature, step sizes learned as they are, and for
-  `mpe-target-<R>` the target steering), with a fixed penalty or with
-  `target_compression=R`. Before 2026-12-02 the defaults learned `log(alpha)`
-  (`logsteps`): results files of that time name those runs `mpe-*`.
+  offset in units of the table's scale); `paper-target-<R>`: with `target_compression`
+  steering the penalty and `fit_to_budget` ending the search.
+- `mpe-<penalty>`, `mpe-target-<R>`: the layer's and `PrecisionSearch`'s defaults (all
+  four deviations on), with a fixed penalty or with `target_compression=R`.
 Each run is read at its best validation-AUC epoch (for two-phase methods, in the second
 phase). Each also reports the size of its SavedModel (`keras_mpe.export_saved_model`
 for MixedPrecisionEmbedding models, Keras's `model.export` for the others). Prints a
@@ -85,23 +80,24 @@ def load(name: str):
     return data.train, data.validation, data.test, data.vocabulary_size, data.description
 
 
-class LogStepsEmbedding(keras_mpe.MixedPrecisionEmbedding):
-    """The layer's parameterisation of the quantizer before 2026-12-02: the variable
-    `learned_step_sizes` holds `log(alpha) / 10` and `learned_offset` holds
-    `beta / (10 * mean|W0|)`, so that Adam moves `log(alpha)` and the offset in units
-    of the initial table's scale by about 10 times its learning rate per step. The
-    layer learns `alpha` and `beta` as they are, as the paper does."""
+class DirectQuantizerEmbedding(keras_mpe.MixedPrecisionEmbedding):
+    """The paper's parameterisation of the quantizer: the variable `log_step_sizes`
+    holds the step sizes themselves and `relative_offset` the offset itself, both
+    learned as they are (the layer learns `log(alpha) / 10` and `beta / (10 * scale)`).
+    The step sizes are used by magnitude: under Adam at 1e-3 some cross zero in the
+    first epoch (a negative step mirrors the levels), and the packed format stores
+    positive ones."""
 
-    def _initial_step_sizes(self, shape, dtype=None):
-        return tf.math.log(super()._initial_step_sizes(shape)) / 10.0
+    def _initial_log_step_sizes(self, shape, dtype=None):
+        return tf.exp(super()._initial_log_step_sizes(shape) * self.quantizer_learning_rate_scale)
 
     @property
     def step_sizes(self):
-        return tf.exp(self.learned_step_sizes * 10.0)
+        return tf.abs(self.log_step_sizes)
 
     @property
     def offset(self):
-        return self.learned_offset * (10.0 * self._initial_mean_abs)
+        return tf.convert_to_tensor(self.relative_offset)
 
 
 class EpochReader(keras.callbacks.Callback):
@@ -266,14 +262,14 @@ def run_method(
 # The paper's recipe, and the choices of the layer's and PrecisionSearch's defaults
 # that differ from it, each as (layer class, layer options, search options).
 PAPER = (
-    keras_mpe.MixedPrecisionEmbedding,
+    DirectQuantizerEmbedding,
     {"search_forward": "expectation"},
     {"initial_temperature": None},
 )
 DEVIATIONS = {
     "sample": (None, {"search_forward": "sample"}, {}),
     "anneal": (None, {}, {"initial_temperature": 1.0}),
-    "logsteps": (LogStepsEmbedding, {}, {}),
+    "logsteps": (keras_mpe.MixedPrecisionEmbedding, {}, {}),
 }
 
 

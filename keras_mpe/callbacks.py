@@ -65,7 +65,8 @@ class PrecisionSearch(keras.callbacks.Callback):
     temperature 3e-3 and learning rate 1e-3 a distribution can be one-hot after a
     few dozen steps. The default schedule starts at `initial_temperature=1.0`: in
     the first third of a search the logits can move by about `lr * steps`, far
-    less than the temperature.
+    less than the temperature. The step sizes and the offset are re-parameterised
+    for the same reason (see `quantizer_learning_rate_scale` of the layer).
 
     **Memory budget.** With `target_compression=R` the layers' `bit_penalty`
     variables are controlled: `PENALTY_UPDATES` times over the search, each is
@@ -617,8 +618,8 @@ def _precision_state(layer: MixedPrecisionEmbedding) -> dict[str, np.ndarray]:
     """The variables the search keeps from its best epoch."""
     return {
         "precision_logits": layer.precision_logits.numpy(),
-        "learned_step_sizes": layer.learned_step_sizes.numpy(),
-        "learned_offset": layer.learned_offset.numpy(),
+        "log_step_sizes": layer.log_step_sizes.numpy(),
+        "relative_offset": layer.relative_offset.numpy(),
     }
 
 

@@ -112,6 +112,12 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         embeddings_initializer: initializer of the float table. Defaults to
             `RandomNormal(0, 0.003)`.
         mask_zero: bool, whether id 0 is padding to mask, as in `Embedding`.
+        quantizer_learning_rate_scale: float > 0, `s` in the parameterisation of the
+            step sizes, `alpha = exp(s * log_step_sizes)`, and of the offset,
+            `beta = s * offset_scale * relative_offset`: an adaptive optimizer moves
+            `log(alpha)` and `beta / offset_scale` by about `s` times its learning
+            rate per step. Defaults to 10, so that the step sizes can follow the
+            table's growth under Adam (the comparison is in benchmarks/README.md).
         search_forward: what a looked-up row is in the search state. `"sample"`
             (default): in training, each group's width is drawn from its softmax at
             every call (at the current temperature) and the row is quantized at that
@@ -144,6 +150,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         frequencies: Any = None,
         embeddings_initializer: Any = None,
         mask_zero: bool = False,
+        quantizer_learning_rate_scale: float = 10.0,
         search_forward: str = "sample",
         **kwargs: Any,
     ) -> None:
@@ -160,6 +167,9 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             )
         self.final_temperature = checks.positive_float("final_temperature", final_temperature)
         self.initial_bit_penalty = checks.positive_float("bit_penalty", bit_penalty, True)
+        self.quantizer_learning_rate_scale = checks.positive_float(
+            "quantizer_learning_rate_scale", quantizer_learning_rate_scale
+        )
         if search_forward not in SEARCH_FORWARDS:
             raise ValueError(
                 f"`search_forward` must be one of {SEARCH_FORWARDS}. "
@@ -186,10 +196,13 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         self.embeddings = self._add_weight(
             "embeddings", (self.input_dim, self.output_dim), self._initial_table
         )
-        self.learned_step_sizes = self._add_weight(
-            "learned_step_sizes", (len(self._nonzero_bit_widths),), self._initial_step_sizes
+        self.log_step_sizes = self._add_weight(
+            "log_step_sizes", (len(self._nonzero_bit_widths),), self._initial_log_step_sizes
         )
-        self.learned_offset = self._add_weight("learned_offset", (self.output_dim,), "zeros")
+        self.relative_offset = self._add_weight("relative_offset", (self.output_dim,), "zeros")
+        self.offset_scale = self._add_weight(
+            "offset_scale", (), lambda shape, dtype=None: self._initial_mean_abs, trainable=False
+        )
         self.precision_logits = self._add_weight(
             "precision_logits", (self.groups, num_bits), "zeros"
         )
@@ -256,28 +269,35 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             )
         return table
 
-    def _initial_step_sizes(self, shape: Any, dtype: Any = None) -> tf.Tensor:
-        """`alpha_b = 2 * mean|W0| / sqrt(2**(b-1))` over the initial table `W0`."""
+    def _initial_log_step_sizes(self, shape: Any, dtype: Any = None) -> tf.Tensor:
+        """`log(alpha_b) / scale`, `alpha_b = 2 * mean|W0| / sqrt(2**(b-1))` over the
+        initial table, `scale` the quantizer learning-rate scale."""
         bits = np.asarray(self._nonzero_bit_widths, np.float32)
-        return self._initial_mean_abs * (2.0 / np.sqrt(2.0 ** (bits - 1.0)))
+        alphas = self._initial_mean_abs * (2.0 / np.sqrt(2.0 ** (bits - 1.0)))
+        return tf.math.log(alphas) / self.quantizer_learning_rate_scale
 
     @property
     def step_sizes(self) -> tf.Tensor:
         """The step size `alpha_b` of each non-zero candidate bit-width, float32.
 
-        Learned as they are, as the paper does (`learned_step_sizes`; the quantizer
-        uses their magnitude, since an optimizer may carry one across zero). Under
-        Adam a step size of about 1e-3 then moves by about the learning rate at each
-        step, so the steps can grow fast and round more values to few levels; the
-        comparison with learning `log(alpha)` is in benchmarks/README.md.
+        Learned as `log_step_sizes` (`alpha = exp(s * log_step_sizes)`, `s` the
+        `quantizer_learning_rate_scale`): positive by construction, and an adaptive
+        optimizer such as Adam changes them by a relative amount per step (about `s`
+        times its learning rate) whatever their scale. Learned directly, a step size
+        of about 1e-3 moves by the whole learning rate at every step.
         """
-        return tf.abs(self.learned_step_sizes)
+        return tf.exp(self.log_step_sizes * self.quantizer_learning_rate_scale)
 
     @property
     def offset(self) -> tf.Tensor:
-        """The LSQ+ offset `beta`, float32 `[output_dim]`, learned as it is
-        (`learned_offset`)."""
-        return tf.convert_to_tensor(self.learned_offset)
+        """The LSQ+ offset `beta`, float32 `[output_dim]`.
+
+        Learned as `relative_offset`, in units of `s` times the initial table's mean
+        |value| (`offset_scale`), so that an adaptive optimizer moves it by about `s`
+        times its learning rate times the table's scale per step, not by the learning
+        rate itself.
+        """
+        return self.relative_offset * (self.offset_scale * self.quantizer_learning_rate_scale)
 
     # ------------------------------------------------------------ frequencies
     def adapt(self, data: Any) -> None:
@@ -575,6 +595,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
                     self.embeddings_initializer
                 ),
                 "mask_zero": self.mask_zero,
+                "quantizer_learning_rate_scale": self.quantizer_learning_rate_scale,
                 "search_forward": self.search_forward,
             }
         )

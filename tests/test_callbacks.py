@@ -48,8 +48,8 @@ class Recorder(keras.callbacks.Callback):
         self.epochs.append(
             {
                 "logits": self.layer.precision_logits.numpy().copy(),
-                "learned_step_sizes": self.layer.learned_step_sizes.numpy().copy(),
-                "learned_offset": self.layer.learned_offset.numpy().copy(),
+                "log_step_sizes": self.layer.log_step_sizes.numpy().copy(),
+                "relative_offset": self.layer.relative_offset.numpy().copy(),
                 "val_auc": logs.get("val_auc"),
             }
         )
@@ -76,8 +76,8 @@ def test_search_restores_the_best_epoch_freezes_rewinds_and_resets(data):
     assert search.best_epoch == best
     state = recorder.epochs[best]
     np.testing.assert_array_equal(layer.precision_logits.numpy(), state["logits"])
-    np.testing.assert_array_equal(layer.learned_step_sizes.numpy(), state["learned_step_sizes"])
-    np.testing.assert_array_equal(layer.learned_offset.numpy(), state["learned_offset"])
+    np.testing.assert_array_equal(layer.log_step_sizes.numpy(), state["log_step_sizes"])
+    np.testing.assert_array_equal(layer.relative_offset.numpy(), state["relative_offset"])
     # the MPE rule at the final temperature, computed here by hand
     scaled = state["logits"] / 3e-3
     probabilities = np.exp(scaled - scaled.max(1, keepdims=True))

@@ -20,7 +20,7 @@ BITS = (0, 2, 4)
 
 def test_the_paper_recipe_and_each_deviation():
     layer_class, options, search = compression.mpe_recipe("paper-1e-4", BITS)
-    assert layer_class is keras_mpe.MixedPrecisionEmbedding
+    assert layer_class is compression.DirectQuantizerEmbedding
     assert options == {"search_forward": "expectation", "bit_widths": BITS, "bit_penalty": 1e-4}
     assert search == {"initial_temperature": None}
     _, options, search = compression.mpe_recipe("paper+sample-3e-5", BITS)
@@ -28,33 +28,31 @@ def test_the_paper_recipe_and_each_deviation():
     _, options, search = compression.mpe_recipe("paper+anneal-1e-4", BITS)
     assert options["search_forward"] == "expectation" and search == {"initial_temperature": 1.0}
     layer_class, _, _ = compression.mpe_recipe("paper+logsteps-1e-4", BITS)
-    assert layer_class is compression.LogStepsEmbedding
+    assert layer_class is keras_mpe.MixedPrecisionEmbedding
     _, options, search = compression.mpe_recipe("paper-target-16", BITS)
     assert "bit_penalty" not in options and search["target_compression"] == 16.0
-    # deviations combine; sample and anneal on top of the paper give the defaults
-    layer_class, options, search = compression.mpe_recipe("paper+sample+anneal-target-8", BITS)
-    assert layer_class is keras_mpe.MixedPrecisionEmbedding
-    assert options == {"search_forward": "sample", "bit_widths": BITS}
-    assert search == {"initial_temperature": 1.0, "target_compression": 8.0}
+    # the defaults: nothing set beyond the candidates and the budget
     layer_class, options, search = compression.mpe_recipe("mpe-target-32", BITS)
     assert layer_class is keras_mpe.MixedPrecisionEmbedding
     assert options == {"bit_widths": BITS} and search == {"target_compression": 32.0}
 
 
-def test_log_steps_embedding_keeps_the_former_parameterisation():
-    layer = compression.LogStepsEmbedding(50, 4, bit_widths=BITS)
+def test_direct_quantizer_learns_the_step_sizes_themselves():
+    layer = compression.DirectQuantizerEmbedding(50, 4, bit_widths=BITS)
     layer.build((None,))
-    mean_abs = float(np.abs(layer.embeddings.numpy()).mean())
+    mean_abs = float(layer.offset_scale.numpy())  # mean |initial table|
     expected = [2 * mean_abs / np.sqrt(2.0 ** (b - 1)) for b in (2, 4)]
+    np.testing.assert_allclose(layer.log_step_sizes.numpy(), expected, rtol=1e-5)
     np.testing.assert_allclose(layer.step_sizes.numpy(), expected, rtol=1e-5)
-    np.testing.assert_allclose(layer.learned_step_sizes.numpy(), np.log(expected) / 10, rtol=1e-5)
-    layer.learned_offset.assign([0.1, -0.2, 0.3, 0.0])
-    np.testing.assert_allclose(
-        layer.offset.numpy(), np.array([0.1, -0.2, 0.3, 0.0]) * 10 * mean_abs, rtol=1e-5
-    )
+    layer.relative_offset.assign([0.1, -0.2, 0.3, 0.0])
+    np.testing.assert_allclose(layer.offset.numpy(), [0.1, -0.2, 0.3, 0.0])
+    # a step size that crossed zero is used by its magnitude
+    layer.log_step_sizes.assign([-0.01, 0.02])
+    np.testing.assert_allclose(layer.step_sizes.numpy(), [0.01, 0.02])
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(tf.constant([0, 1, 2]), training=True))
-    gradient = tape.gradient(loss, layer.learned_step_sizes)
+        out = layer(tf.constant([0, 1, 2]), training=True)
+        loss = tf.reduce_sum(out)
+    gradient = tape.gradient(loss, layer.log_step_sizes)
     assert gradient is not None and np.isfinite(gradient.numpy()).all()
 
 

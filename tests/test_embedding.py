@@ -77,13 +77,14 @@ def test_variables_and_initial_values():
     table = layer.embeddings.numpy()
     assert names(layer.trainable_weights) == [
         "embeddings",
-        "learned_step_sizes",
-        "learned_offset",
+        "log_step_sizes",
+        "relative_offset",
         "precision_logits",
     ]
     mean_abs = np.abs(table).mean()
     expected = [2 * mean_abs / np.sqrt(2.0 ** (b - 1)) for b in range(1, 7)]
     np.testing.assert_allclose(layer.step_sizes.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(layer.offset_scale.numpy(), mean_abs, rtol=1e-5)
     np.testing.assert_array_equal(layer.offset.numpy(), np.zeros(8))
     np.testing.assert_array_equal(layer.precision_logits.numpy(), np.zeros((10, 7)))
     assert layer.temperature.numpy() == pytest.approx(3e-3)
@@ -167,13 +168,15 @@ def test_search_gradients_match_autodiff_of_the_reference_mixture():
 
     layer = _layer(40, 4, num_groups=5, bit_penalty=0.0, search_forward="expectation")
     _randomize_logits(layer, seed=3)
-    layer.learned_offset.assign(np.array([0.001, -0.002, 0.0, 0.003]))
+    layer.relative_offset.assign(
+        np.array([0.001, -0.002, 0.0, 0.003]) / (layer.offset_scale * 10.0)
+    )
     ids = np.array([[0, 5, 39], [20, 20, 11]])
     dy = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
     variables = [
         layer.embeddings,
-        layer.learned_step_sizes,
-        layer.learned_offset,
+        layer.log_step_sizes,
+        layer.relative_offset,
         layer.precision_logits,
     ]
     with tf.GradientTape() as tape:
@@ -421,6 +424,11 @@ def test_ids_float32_cannot_hold_exactly_are_rejected():
             r"`final_temperature` must be a finite number > 0. Received: final_temperature=0.0",
         ),
         (
+            {"quantizer_learning_rate_scale": -2},
+            r"`quantizer_learning_rate_scale` must be a finite number > 0. Received: "
+            r"quantizer_learning_rate_scale=-2",
+        ),
+        (
             {"search_forward": "mean"},
             r"`search_forward` must be one of \('sample', 'expectation'\). Received: "
             r"search_forward='mean'",
@@ -506,13 +514,15 @@ def test_retrain_gradients_match_single_width_quantizers():
 
     layer = _layer(40, 4, num_groups=4, bit_widths=(0, 2, 3, 5))
     layer.freeze_precision([0, 5, 2, 3])
-    layer.learned_offset.assign(np.array([0.001, -0.002, 0.0, 0.003]))
+    layer.relative_offset.assign(
+        np.array([0.001, -0.002, 0.0, 0.003]) / (layer.offset_scale * 10.0)
+    )
     ids = np.array([0, 5, 39, 20, 20, 11, 30])
     dy = np.random.default_rng(1).normal(size=(7, 4)).astype(np.float32)
     variables = [
         layer.embeddings,
-        layer.learned_step_sizes,
-        layer.learned_offset,
+        layer.log_step_sizes,
+        layer.relative_offset,
         layer.precision_logits,
     ]
     with tf.GradientTape() as tape:
@@ -543,28 +553,30 @@ def test_retrain_gradients_match_single_width_quantizers():
     np.testing.assert_array_equal(got[3], np.zeros_like(got[3]))  # logits get nothing
 
 
-def test_step_sizes_and_offset_are_learned_as_they_are():
-    """The variables hold alpha and beta; a negative alpha quantizes like its
-    magnitude and gets the opposite gradient."""
+def test_quantizer_learning_rate_scale_reparameterises_step_sizes_and_offset():
+    """alpha = exp(s * u) and beta = s * scale * v: same values, gradients times s."""
     keras.utils.set_random_seed(3)  # a fixed table: no value sits on a rounding edge
-    layer = _layer(40, 4, num_groups=4, bit_widths=(0, 2, 4), bit_penalty=0.0)
-    layer.freeze_precision([2, 4, 2, 4])
-    layer.learned_offset.assign([0.001, -0.002, 0.0, 0.003])
-    np.testing.assert_array_equal(layer.offset.numpy(), np.float32([0.001, -0.002, 0.0, 0.003]))
-    np.testing.assert_array_equal(layer.step_sizes.numpy(), layer.learned_step_sizes.numpy())
+    kwargs = {"num_groups": 4, "bit_widths": (0, 2, 4), "bit_penalty": 0.0}
+    plain = _layer(40, 4, quantizer_learning_rate_scale=1.0, **kwargs)
+    scaled = _layer(40, 4, **kwargs)  # the default scale, 10
+    scaled.embeddings.assign(plain.embeddings)
+    scaled.offset_scale.assign(plain.offset_scale)
+    scaled.log_step_sizes.assign(plain.log_step_sizes / 10.0)
+    np.testing.assert_allclose(scaled.step_sizes.numpy(), plain.step_sizes.numpy(), rtol=1e-5)
     ids = np.array([0, 5, 39, 20, 11])
     dy = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
-    outputs, gradients = [], []
-    for sign in (1.0, -1.0):
-        layer.learned_step_sizes.assign(sign * np.abs(layer.learned_step_sizes.numpy()))
+    gradients = []
+    for layer in (plain, scaled):
+        layer.freeze_precision([2, 4, 2, 4])
+        layer.relative_offset.assign(
+            [0.5, -0.2, 0.0, 0.3] / np.float32(layer.quantizer_learning_rate_scale)
+        )
         with tf.GradientTape() as tape:
-            out = layer(ids)
-            loss = tf.reduce_sum(out * dy)
-        outputs.append(out.numpy())
-        gradients.append(tape.gradient(loss, [layer.learned_step_sizes, layer.learned_offset]))
-    np.testing.assert_array_equal(outputs[1], outputs[0])
-    np.testing.assert_allclose(gradients[1][0].numpy(), -gradients[0][0].numpy(), rtol=1e-6)
-    np.testing.assert_allclose(gradients[1][1].numpy(), gradients[0][1].numpy(), rtol=1e-6)
+            loss = tf.reduce_sum(layer(ids) * dy)
+        gradients.append(tape.gradient(loss, [layer.log_step_sizes, layer.relative_offset]))
+    np.testing.assert_allclose(scaled(ids).numpy(), plain(ids).numpy(), rtol=1e-5, atol=1e-9)
+    for got, want in zip(gradients[1], gradients[0], strict=True):
+        np.testing.assert_allclose(got.numpy(), 10.0 * want.numpy(), rtol=1e-4, atol=1e-9)
     assert np.abs(gradients[0][0].numpy()).sum() > 0
 
 

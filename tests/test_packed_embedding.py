@@ -19,7 +19,7 @@ def _retrained(ordered=True, mask_zero=False, seed=0):
         layer.build()
     else:
         layer.adapt(rng.zipf(1.3, size=2000) % 300)
-    layer.learned_offset.assign(rng.normal(scale=0.01, size=12).astype(np.float32))
+    layer.relative_offset.assign(rng.normal(scale=0.3, size=12).astype(np.float32))
     layer.freeze_precision(rng.choice([0, 1, 2, 4, 8], size=9).astype(np.int32))
     return layer
 

@@ -282,7 +282,7 @@ def test_matches_the_retrain_layer():
     rng = np.random.default_rng(5)
     layer = MixedPrecisionEmbedding(300, 12, num_groups=9, bit_widths=(0, 1, 2, 4, 8))
     layer.adapt(rng.zipf(1.3, size=2000) % 300)
-    layer.learned_offset.assign(rng.normal(scale=0.01, size=12).astype(np.float32))
+    layer.relative_offset.assign(rng.normal(scale=0.3, size=12).astype(np.float32))
     layer.freeze_precision(rng.choice([0, 1, 2, 4, 8], size=9).astype(np.int32))
     packed = layer.packed_table()
     ids = rng.integers(-3, 303, size=(50, 7)).astype(np.int32)
