@@ -1,6 +1,7 @@
 """keras_mpe: Mixed-Precision Embeddings for Keras and TensorFlow Recommenders."""
 
 from keras_mpe.callbacks import PrecisionSearch
+from keras_mpe.convert import convert
 from keras_mpe.embedding import MixedPrecisionEmbedding
 from keras_mpe.export import export_saved_model
 from keras_mpe.inspection import inspect
@@ -14,6 +15,7 @@ __all__ = [
     "PackedEmbedding",
     "PrecisionSearch",
     "__version__",
+    "convert",
     "export_saved_model",
     "inspect",
     "plot_precision",
