@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mpe import checks, grouping, precision
-from keras_mpe.backend import gather_rows, keras
+from keras_mpe.backend import IS_KERAS_3, gather_rows, keras
 from keras_mpe.callbacks import PrecisionSearch
 from keras_mpe.embedding import MixedPrecisionEmbedding, find_mixed_precision_layers
 
@@ -272,6 +272,8 @@ def convert(
         copy = _rebuild_subclassed_model(model, model_fn, features, chosen, options, pairs)
     for original, layer in pairs:
         _start_from_trained_table(layer, original)
+        if target_compression is not None:
+            _check_reachable(layer, target_compression)
     counts = _count_ids(copy, data, [layer for _, layer in pairs], batch_size)
     for (_, layer), frequencies in zip(pairs, counts, strict=True):
         _set_frequencies(layer, frequencies)
@@ -479,7 +481,12 @@ def _replace(root: Any, old: Any, new: Any) -> None:
             return
         for attribute, value in list(vars(parent).items()):
             if value is old and not attribute.startswith("_"):
-                delattr(parent, attribute)
+                tracker = getattr(parent, "_tracker", None)
+                if IS_KERAS_3 and tracker is not None:
+                    # in place in the built layer's tracked list (its state is locked)
+                    tracker.replace_tracked_value("layers", old, new)
+                else:
+                    delattr(parent, attribute)  # tf-keras untracks the old layer
                 setattr(parent, attribute, new)
                 return
     raise ConversionError(
@@ -487,6 +494,18 @@ def _replace(root: Any, old: Any, new: Any) -> None:
         "layer nor a layer of a Sequential, so it cannot be replaced. Hold it in an "
         "attribute (`self.embedding = ...`) or a Sequential."
     )
+
+
+def _check_reachable(layer: MixedPrecisionEmbedding, target: float) -> None:
+    lowest = np.full(layer.groups, min(layer.bit_widths))
+    best = layer.memory_report(lowest)["compression_ratio"]
+    if best < target:
+        raise ValueError(
+            f"`target_compression` {target} is out of reach for Embedding '{layer.name}' "
+            f"({layer.input_dim} x {layer.output_dim}): with every group at {lowest[0]} bits "
+            f"its compression is {best:.1f}x, the overhead of {layer.groups} groups alone. "
+            f"Pass a smaller `num_groups` or target. Received: target_compression={target!r}"
+        )
 
 
 # ------------------------------------------------------------- initial values
@@ -659,12 +678,7 @@ def allocate_bits(layer: MixedPrecisionEmbedding, target_compression: float) -> 
     def ratio(bits: np.ndarray) -> float:
         return layer.memory_report(bits)["compression_ratio"]
 
-    if ratio(np.full(layer.groups, widths.min())) < target_compression:
-        raise ValueError(
-            f"`target_compression` {target_compression} is out of reach for layer "
-            f"'{layer.name}': with every group at {widths.min()} bits its compression is "
-            f"{ratio(np.full(layer.groups, widths.min())):.1f}x (the overhead alone)."
-        )
+    _check_reachable(layer, target_compression)
     scale = max(float(errors.max()), 1e-30) / max(float(cost[cost > 0].min()), 1.0)
     low, high = 0.0, scale
     while ratio(bits_at(high)) < target_compression:
@@ -687,8 +701,8 @@ def _compile(copy: Any, model: Any, options: dict | None, required: bool) -> Non
     if options is not None:
         copy.compile(**options)
         return
-    config = model.get_compile_config()
-    if config is None:
+    config = model.get_compile_config()  # None (tf-keras) or {} (Keras 3) if uncompiled
+    if not config:
         if required:
             raise ValueError(
                 f"`model` {model.name!r} is not compiled, so convert cannot train the copy "
