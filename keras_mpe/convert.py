@@ -41,6 +41,7 @@ def convert(
     bit_penalty: float | None = None,
     epochs: int = 1,
     retrain_epochs: int | None = None,
+    search: bool = True,
     validation_data: Any = None,
     layers: Sequence[Any] | None = None,
     train_other_layers: bool = True,
@@ -147,6 +148,9 @@ def convert(
             is needed when `epochs >= 1`.
         epochs: search epochs on `data` (0: the post-training allocation above).
         retrain_epochs: retrain epochs after the search; defaults to `epochs`.
+        search: with `epochs >= 1`, whether the bits are searched (True) or allocated
+            from the trained table as with `epochs=0` and then only retrained for
+            `retrain_epochs` epochs (False; no search epochs).
         validation_data: passed to both `fit`s (its metrics pick the search's best
             epoch when `monitor` is a `val_` entry).
         layers: the `Embedding` layers of `model` to convert, as layer objects or
@@ -189,12 +193,14 @@ def convert(
         )
     if bit_penalty is not None:
         bit_penalty = checks.positive_float("bit_penalty", bit_penalty, allow_zero=True)
-    if epochs == 0 and target_compression is None:
+    checks.boolean("search", search)
+    if (epochs == 0 or not search) and target_compression is None:
         raise ValueError(
-            "`epochs=0` allocates the bits from the trained table alone, at a byte budget: "
-            "it needs `target_compression`. Received: target_compression=None"
+            "`epochs=0` and `search=False` allocate the bits from the trained table alone, "
+            "at a byte budget: they need `target_compression`. Received: "
+            "target_compression=None"
         )
-    if epochs > 0 and target_compression is None and not bit_penalty:
+    if epochs > 0 and search and target_compression is None and not bit_penalty:
         raise ValueError(
             "The search needs a size to aim at: pass `target_compression` (a ratio > 1) "
             f"or a `bit_penalty` > 0. Received: target_compression=None, "
@@ -286,17 +292,21 @@ def convert(
                 layer.trainable = False
     _compile(copy, model, compile_options, required=epochs > 0)
 
-    if epochs == 0:
+    if epochs == 0 or not search:
         for _, layer in pairs:
             layer.freeze_precision(allocate_bits(layer, target_compression))
+    fit_options = dict(validation_data=validation_data, verbose=verbose)
+    if epochs == 0:
         return copy
-    search = PrecisionSearch(
+    if not search:
+        _fit(copy, data, batch_size, retrain_epochs, list(callbacks), fit_options)
+        return copy
+    precision_search = PrecisionSearch(
         monitor=monitor or ("val_loss" if validation_data is not None else "loss"),
         target_compression=target_compression,
         verbose=int(bool(verbose)),
     )
-    fit_options = dict(validation_data=validation_data, verbose=verbose)
-    _fit(copy, data, batch_size, epochs, [search, *callbacks], fit_options)
+    _fit(copy, data, batch_size, epochs, [precision_search, *callbacks], fit_options)
     _fit(copy, data, batch_size, retrain_epochs, list(callbacks), fit_options)
     return copy
 

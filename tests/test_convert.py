@@ -303,7 +303,7 @@ def test_convert_errors_name_the_problem():
         ({"epochs": -1}, "`epochs` must be an integer >= 0. Received: epochs=-1"),
         ({"epochs": 1.5}, "`epochs` must be an integer"),
         ({"target_compression": 1}, "`target_compression` must be a number > 1"),
-        ({"epochs": 0}, "`epochs=0` .* needs `target_compression`"),
+        ({"epochs": 0}, "`epochs=0` and `search=False` .* need `target_compression`"),
         ({"epochs": 1}, "pass `target_compression` .* or a `bit_penalty`"),
         ({"bit_penalty": -1.0, "epochs": 1}, "`bit_penalty` must be a finite number >= 0"),
         ({"layers": ["nope"], "target_compression": 4}, "no Embedding of that name"),
