@@ -9,9 +9,12 @@ its best validation-AUC epoch; then, from that trained model:
 - `ptq-int8`, `ptq-int4` (Keras 3 only): a copy with `Embedding.quantize(mode)`;
 - `convert-0ep-<R>`: `keras_mpe.convert(..., epochs=0, target_compression=R)`, the
   post-training allocation from the trained table alone;
-- `convert-1ep-<R>`: `keras_mpe.convert(..., epochs=1, target_compression=R)`, one
-  search epoch and one retrain epoch on the training split (the rest of the model
-  fine-tuned), search best epoch by validation AUC;
+- `convert-1ep-<R>`: `keras_mpe.convert(..., epochs=1, target_compression=R)` with its
+  defaults: the bits of `epochs=0`, then one fine-tuning epoch on the training split
+  (the rest of the model too) at 0.1 times the compiled learning rate (1e-4);
+- `convert-1ep-search-<R>`: the same with `search=True, learning_rate=--search-lr`
+  (1e-3, the rate the float model was trained at): one `PrecisionSearch` epoch (best
+  epoch by validation AUC) and one retrain epoch;
 - `scratch-<R>` (with `--scratch`): MPE trained from scratch as in `compression.py`,
   `--epochs / 2` search and `--epochs / 2` retrain epochs, read at its best
   validation-AUC retrain epoch.
@@ -76,7 +79,11 @@ def run_seed(seed: int, data, args, targets: list[float]) -> dict[str, dict]:
     auc, loss = test_scores(model, test)
     results = {"float32": {"auc": auc, "loss": loss, "ratio": 1.0, "seconds": time.time() - start}}
     print(f"seed {seed} float32 AUC {auc:.4f} [{time.time() - start:.0f}s]", flush=True)
-    for epochs in args.convert_epochs:
+    variants = [(f"convert-{e}ep", {"epochs": e}) for e in args.convert_epochs]
+    if args.search_lr:
+        options = {"epochs": 1, "search": True, "learning_rate": args.search_lr}
+        variants.append(("convert-1ep-search", options))
+    for prefix, variant in variants:
         for target in targets:
             keras.utils.set_random_seed(seed)
             start = time.time()
@@ -84,16 +91,16 @@ def run_seed(seed: int, data, args, targets: list[float]) -> dict[str, dict]:
                 model,
                 train,
                 target_compression=target,
-                epochs=epochs,
                 validation_data=validation,
                 monitor="val_auc",
                 batch_size=args.batch,
+                **variant,
             )
             seconds = time.time() - start
             layer = next(iter(keras_mpe.embedding.find_mixed_precision_layers(converted)))
             auc, loss = test_scores(converted, test)
             report = layer.memory_report()
-            name = f"convert-{epochs}ep-{target:g}"
+            name = f"{prefix}-{target:g}"
             results[name] = {
                 "auc": auc,
                 "loss": loss,
@@ -158,13 +165,22 @@ def main() -> None:
     parser.add_argument("--targets", default="8,16,32")
     parser.add_argument("--convert-epochs", default="0,1", help="epochs of the convert runs")
     parser.add_argument("--scratch", action="store_true", help="also MPE from scratch")
+    parser.add_argument(
+        "--search-lr",
+        type=float,
+        default=1e-3,
+        help="also convert with search=True (1 search, 1 retrain epoch) at this learning "
+        "rate (0: not)",
+    )
     args = parser.parse_args()
     args.convert_epochs = [int(e) for e in args.convert_epochs.split(",")]
     targets = [float(r) for r in args.targets.split(",")]
     data = load(args.data)
     print(f"data: {data[4]}", flush=True)
-    runs = [run_seed(seed, data, args, targets) for seed in range(args.seeds)]
-    write_results(runs, args, data[4])
+    runs = []
+    for seed in range(args.seeds):  # results rewritten after each seed
+        runs.append(run_seed(seed, data, args, targets))
+        write_results(runs, args, data[4])
 
 
 def write_results(runs: list[dict], args, description: str) -> None:
@@ -175,8 +191,9 @@ def write_results(runs: list[dict], args, description: str) -> None:
         "",
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
         f"{platform.machine()}, {os.cpu_count()} cores (shared), {flavour}; {description}; "
-        f"float32 model {args.epochs} epochs (best validation AUC epoch), {args.seeds} "
-        f"seeds, batch {args.batch}. Command: `python benchmarks/convert.py "
+        f"float32 model {args.epochs} epochs (best validation AUC epoch), {len(runs)} "
+        f"seeds{' (of ' + str(args.seeds) + ' planned)' if len(runs) < args.seeds else ''}, "
+        f"batch {args.batch}. Command: `python benchmarks/convert.py "
         f"{shlex.join(sys.argv[1:])}`",
         "",
         "ΔAUC: the method's test AUC minus the float32 model's, per seed, then averaged.",

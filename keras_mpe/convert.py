@@ -27,6 +27,8 @@ STEP_SIZE_MULTIPLES = np.geomspace(0.05, 4.0, 48)
 ERROR_CHUNK_ROWS = 65_536
 # Batch size of the forward passes that count ids, when `data` is arrays.
 COUNT_BATCH = 4096
+# By default the copy fine-tunes at this fraction of the learning rate it is compiled with.
+FINE_TUNE_LEARNING_RATE_SCALE = 0.1
 
 
 class ConversionError(ValueError):
@@ -41,12 +43,13 @@ def convert(
     bit_penalty: float | None = None,
     epochs: int = 1,
     retrain_epochs: int | None = None,
-    search: bool = True,
+    search: bool = False,
     validation_data: Any = None,
     layers: Sequence[Any] | None = None,
     train_other_layers: bool = True,
     model_fn: Callable[[], Any] | None = None,
     compile_options: dict | None = None,
+    learning_rate: float | None = None,
     monitor: str | None = None,
     batch_size: int | None = None,
     callbacks: Sequence[Any] = (),
@@ -76,20 +79,31 @@ def convert(
 
     The other layers keep their weights bit for bit. Then:
 
-    - `epochs >= 1`: the model is compiled (`compile_options`, else the original's
-      compile config: a fresh optimizer of the same class and settings), a search of
-      `epochs` epochs on `data` with `PrecisionSearch(target_compression=...)` picks
-      and freezes each group's bits and rewinds the table to the trained values, and
-      a retrain of `retrain_epochs` (default `epochs`) epochs fine-tunes at those bits.
-      `train_other_layers=False` freezes every other layer (only the tables and their
-      quantizers train).
     - `epochs=0`: no training. Each group gets the bits that minimise the summed
       frequency-weighted squared quantization error of the table (a pruned row counts
       its whole squared norm) under the byte budget of `target_compression`, by a
       Lagrangian allocation: each group takes the width that minimises
       `error + lambda * bits`, with the smallest `lambda` (found by bisection) whose
       compression reaches the target; `keras_mpe.precision.fit_to_budget` then puts
-      the ratio in `[R, 1.1 R]`. The copy is compiled as above when it can be.
+      the ratio in `[R, 1.1 R]`. The copy is compiled (see below) when it can be.
+    - `epochs >= 1` (default `search=False`): the bits are allocated as with
+      `epochs=0`, frozen, and the model is fine-tuned at them for `epochs` epochs
+      (MPE's retrain from the trained table). The copy is compiled with
+      `compile_options`, else with the original's compile config (a fresh optimizer
+      of the same class and settings), and trains at `learning_rate`, by default
+      `FINE_TUNE_LEARNING_RATE_SCALE` (0.1) times the compiled rate.
+    - `epochs >= 1, search=True`: MPE's search instead: `epochs` epochs with
+      `PrecisionSearch(target_compression=...)` (or the `bit_penalty` alone) pick
+      and freeze each group's bits and rewind the table to the trained values, and
+      `retrain_epochs` (default `epochs`) epochs fine-tune at those bits.
+
+    Why the search is not the default: a search of one or two epochs has too few
+    steps to learn an allocation from the task, and its result is below the
+    allocation from the trained table. On MovieLens-1M (3 seeds, one epoch, see
+    `benchmarks/results/convert-movielens-1m.md`) the default is above the search
+    at 8x, 16x and 32x, and the lower learning rate gains over the compiled one.
+    `train_other_layers=False` freezes every other layer (only the tables and their
+    quantizers train).
 
     The result is in the retrain state, ready for `keras_mpe.export_saved_model`.
     `model` is not modified (its weights, layers and compile state).
@@ -146,11 +160,13 @@ def convert(
             With `target_compression` it is only the start of the penalty the search
             steers; without a target it alone sets the size. At least one of the two
             is needed when `epochs >= 1`.
-        epochs: search epochs on `data` (0: the post-training allocation above).
-        retrain_epochs: retrain epochs after the search; defaults to `epochs`.
-        search: with `epochs >= 1`, whether the bits are searched (True) or allocated
-            from the trained table as with `epochs=0` and then only retrained for
-            `retrain_epochs` epochs (False; no search epochs).
+        epochs: fine-tuning epochs on `data`, or search epochs with `search=True`
+            (0: the post-training allocation above, no training).
+        retrain_epochs: with `search=True`, the retrain epochs after the search;
+            defaults to `epochs`. Unused otherwise.
+        search: with `epochs >= 1`, whether the bits are searched with
+            `PrecisionSearch` (True) or allocated from the trained table as with
+            `epochs=0` (False, the default; see above).
         validation_data: passed to both `fit`s (its metrics pick the search's best
             epoch when `monitor` is a `val_` entry).
         layers: the `Embedding` layers of `model` to convert, as layer objects or
@@ -161,6 +177,10 @@ def convert(
             instance of the same architecture (see above).
         compile_options: `model.compile` keyword arguments for the copy; default the
             original's compile config (`model.get_compile_config()`).
+        learning_rate: the fine-tuning learning rate, set on the copy's optimizer after
+            compiling; default `FINE_TUNE_LEARNING_RATE_SCALE` times the compiled
+            one (left as it is when the compiled one is a schedule). The model starts
+            trained; the lower rate measured better (`benchmarks/results/convert-*.md`).
         monitor: what `PrecisionSearch` keeps the best epoch by; default
             `"val_loss"` with `validation_data`, else `"loss"`.
         batch_size: the batch size of `fit` and of counting when `data` is arrays.
@@ -206,7 +226,7 @@ def convert(
             f"or a `bit_penalty` > 0. Received: target_compression=None, "
             f"bit_penalty={bit_penalty!r}"
         )
-    if epochs > 0 and retrain_epochs == 0:
+    if epochs > 0 and search and retrain_epochs == 0:
         raise ValueError(
             "The search rewinds the tables to the trained values, so a retrain must follow "
             f"it: `retrain_epochs` must be >= 1 when epochs >= 1. Received: "
@@ -215,6 +235,8 @@ def convert(
     checks.boolean("train_other_layers", train_other_layers)
     if batch_size is not None:
         checks.positive_int("batch_size", batch_size)
+    if learning_rate is not None:
+        learning_rate = checks.positive_float("learning_rate", learning_rate)
     if compile_options is not None and not isinstance(compile_options, dict):
         raise TypeError(
             "`compile_options` must be a dict of `model.compile` arguments or None. "
@@ -291,6 +313,8 @@ def convert(
             if id(layer) not in converted and not list(layer._flatten_layers(include_self=False)):
                 layer.trainable = False
     _compile(copy, model, compile_options, required=epochs > 0)
+    if epochs > 0:
+        _set_learning_rate(copy.optimizer, learning_rate)
 
     if epochs == 0 or not search:
         for _, layer in pairs:
@@ -299,7 +323,7 @@ def convert(
     if epochs == 0:
         return copy
     if not search:
-        _fit(copy, data, batch_size, retrain_epochs, list(callbacks), fit_options)
+        _fit(copy, data, batch_size, epochs, list(callbacks), fit_options)
         return copy
     precision_search = PrecisionSearch(
         monitor=monitor or ("val_loss" if validation_data is not None else "loss"),
@@ -721,6 +745,17 @@ def _compile(copy: Any, model: Any, options: dict | None, required: bool) -> Non
             )
         return
     copy.compile_from_config(config)
+
+
+def _set_learning_rate(optimizer: Any, learning_rate: float | None) -> None:
+    """Sets `learning_rate`, or scales a constant compiled rate by
+    `FINE_TUNE_LEARNING_RATE_SCALE`."""
+    if learning_rate is None:
+        compiled = optimizer.get_config().get("learning_rate")
+        if not checks.is_number(compiled):  # a schedule: left as it is
+            return
+        learning_rate = float(compiled) * FINE_TUNE_LEARNING_RATE_SCALE
+    optimizer.learning_rate = learning_rate
 
 
 def _fit(

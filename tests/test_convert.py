@@ -155,12 +155,31 @@ def test_step_sizes_and_offset_fit_the_trained_table():
     assert (fitted[1:] <= default[1:] * (1 + 1e-6)).all() and (fitted[1:] < default[1:]).any()
 
 
+def test_default_fine_tune_keeps_the_post_training_bits_at_a_lower_learning_rate():
+    model = _trained_model()
+    x, y = _data()
+    options = dict(target_compression=4, num_groups=8, batch_size=64)
+    fast = keras_mpe.convert(model, (x, y), epochs=0, **options)
+    tuned = keras_mpe.convert(model, (x, y), epochs=1, **options)
+    compiled_rate = float(model.optimizer.get_config()["learning_rate"])
+    assert np.isclose(float(tuned.optimizer.get_config()["learning_rate"]), 0.1 * compiled_rate)
+    for name in ("ids_table", "item_table"):
+        layer = _layer(tuned, name)
+        assert layer.state == "retrain"
+        np.testing.assert_array_equal(layer.group_bits.numpy(), _layer(fast, name).group_bits)
+        assert not np.array_equal(layer.embeddings.numpy(), _layer(fast, name).embeddings)
+    # one epoch of 400 rows in batches of 64
+    assert int(tuned.optimizer.iterations.numpy()) == 7
+    explicit = keras_mpe.convert(model, (x, y), epochs=1, learning_rate=0.5, **options)
+    assert np.isclose(float(explicit.optimizer.get_config()["learning_rate"]), 0.5)
+
+
 def test_search_and_retrain_then_export_serves_the_same_outputs(tmp_path):
     model = _trained_model()
     before = _weights(model)
     x, y = _data()
     converted = keras_mpe.convert(
-        model, (x, y), target_compression=4, epochs=1, batch_size=64, num_groups=8
+        model, (x, y), target_compression=4, epochs=1, search=True, batch_size=64, num_groups=8
     )
     for name in ("ids_table", "item_table"):
         layer = _layer(converted, name)
@@ -186,6 +205,7 @@ def test_frozen_other_layers_keep_their_weights():
         tf.data.Dataset.from_tensor_slices((tuple(_data()[0]), _data()[1])).batch(64),
         bit_penalty=1e-3,
         epochs=1,
+        search=True,
         train_other_layers=False,
         num_groups=8,
     )
@@ -304,8 +324,11 @@ def test_convert_errors_name_the_problem():
         ({"epochs": 1.5}, "`epochs` must be an integer"),
         ({"target_compression": 1}, "`target_compression` must be a number > 1"),
         ({"epochs": 0}, "`epochs=0` and `search=False` .* need `target_compression`"),
-        ({"epochs": 1}, "pass `target_compression` .* or a `bit_penalty`"),
+        ({"epochs": 1}, "`search=False` .* need `target_compression`"),
+        ({"epochs": 1, "search": True}, "pass `target_compression` .* or a `bit_penalty`"),
+        ({"search": 1, "target_compression": 4}, "`search` must be a bool"),
         ({"bit_penalty": -1.0, "epochs": 1}, "`bit_penalty` must be a finite number >= 0"),
+        ({"learning_rate": 0, "target_compression": 4}, "`learning_rate` must be a finite"),
         ({"layers": ["nope"], "target_compression": 4}, "no Embedding of that name"),
         ({"layers": "ids_table", "target_compression": 4}, "`layers` must be a list"),
         ({"target_compression": 4, "model_fn": SubclassedModel}, "`model_fn` is for subclassed"),
@@ -372,7 +395,7 @@ def test_tfrs_ranking_model_converts_and_exports(tmp_path):
     before = _weights(model)
 
     converted = keras_mpe.convert(
-        model, data, target_compression=4, epochs=1, num_groups=4, model_fn=Ranking
+        model, data, target_compression=4, epochs=1, search=True, num_groups=4, model_fn=Ranking
     )
     user_table = converted.user_tower.layers[-1]
     assert isinstance(user_table, MixedPrecisionEmbedding) and user_table.state == "retrain"
