@@ -6,8 +6,9 @@ twice at the same compression target:
 
 - `epochs=0`: no training, the bits of each frequency group allocated from the
   trained table alone (frequency-weighted quantization error at the byte budget);
-- `epochs=1`: one search epoch and one retrain epoch on the training data, starting
-  from the trained table.
+- `epochs=1`: the same bits, then one epoch of fine-tuning on the training data
+  (tables at their bits and the rest of the model, at 0.1 times the learning rate
+  the model was compiled with).
 
 Exports the second as a packed SavedModel, serves it, and prints test AUC before and
 after and the compression of the table. The original model is left as it was.

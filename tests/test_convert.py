@@ -418,3 +418,34 @@ def test_tfrs_ranking_model_converts_and_exports(tmp_path):
     }
     served = tf.saved_model.load(str(tmp_path)).signatures["serving_default"](**inputs)
     np.testing.assert_allclose(served["output_0"].numpy(), converted(inputs).numpy(), atol=1e-5)
+
+
+def test_command_line_converts_a_saved_model(tmp_path, capsys):
+    from keras_mpe import cli
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((FIELDS,), dtype="int32"),
+            keras.layers.Embedding(VOCABULARY, 8, name="table"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile("adam", "binary_crossentropy")
+    (ids, _), y = _data()
+    model.fit(ids, y, epochs=1, verbose=0)
+    model_path = str(tmp_path / ("model.keras" if IS_KERAS_3 else "model.h5"))
+    model.save(model_path)
+    np.savez(tmp_path / "train.npz", ids=ids, y=y)
+    out = tmp_path / "export"
+    arguments = [model_path, str(tmp_path / "train.npz"), str(out), "--num-groups", "8"]
+    assert cli.main(["convert", *arguments, "--target-compression", "8"]) == 0
+    assert "table 'table': 200 x 8, " in capsys.readouterr().out
+    (report,) = keras_mpe.inspect(str(out)).values()
+    assert 8 <= report["compression_ratio"] <= 8.8
+
+    np.savez(tmp_path / "bad.npz", ids=ids)
+    bad = [model_path, str(tmp_path / "bad.npz"), str(tmp_path / "other")]
+    assert cli.main(["convert", *bad]) == 1
+    assert "keras-mpe convert: error: " in capsys.readouterr().err
