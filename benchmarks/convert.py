@@ -166,6 +166,9 @@ def main() -> None:
     parser.add_argument("--convert-epochs", default="0,1", help="epochs of the convert runs")
     parser.add_argument("--scratch", action="store_true", help="also MPE from scratch")
     parser.add_argument(
+        "--results-name", default="", help="file name of the results (default convert-DATA)"
+    )
+    parser.add_argument(
         "--search-lr",
         type=float,
         default=1e-3,
@@ -217,7 +220,7 @@ def write_results(runs: list[dict], args, description: str) -> None:
         lines.append(line)
         print(line)
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"convert-{args.data}.md")
+    path = os.path.join(RESULTS, f"{args.results_name or 'convert-' + args.data}.md")
     with open(path, "w") as file:
         file.write("\n".join(lines) + "\n")
     print(f"wrote {path}")
