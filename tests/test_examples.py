@@ -122,7 +122,8 @@ def test_convert_trained_model_smoke():
             rf"^  test AUC float32 model: +{NUMBER}$",
             rf"^  test AUC convert epochs=0: {NUMBER} \([+-]{NUMBER}\), 1[6-9]\.\dx with overhead",
             rf"^  test AUC convert epochs=1: {NUMBER} \([+-]{NUMBER}\), 1[6-9]\.\dx with overhead",
-            r"^  max \|SavedModel - Keras\| over \d+ test rows: 0\.00e\+00$",
+            # bit for bit in Keras 3, float rounding (1e-7) in tf-keras
+            r"^  max \|SavedModel - Keras\| over \d+ test rows: (0\.00e\+00|\d\.\d\de-0[6-9])$",
             r"^  the original model still holds: Embedding$",
         ],
     )
