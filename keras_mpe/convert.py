@@ -103,7 +103,8 @@ def convert(
     `benchmarks/results/convert-movielens-1m.md`) the default is above the search
     at 8x, 16x and 32x, and the lower learning rate gains over the compiled one.
     `train_other_layers=False` freezes every other layer (only the tables and their
-    quantizers train).
+    quantizers train; a frozen `BatchNormalization` runs in inference mode, as Keras
+    runs any frozen one).
 
     The result is in the retrain state, ready for `keras_mpe.export_saved_model`.
     `model` is not modified (its weights, layers and compile state).
