@@ -19,7 +19,9 @@ its best validation-AUC epoch; then, from that trained model:
   `--epochs / 2` search and `--epochs / 2` retrain epochs, read at its best
   validation-AUC retrain epoch.
 
-Prints a table and writes `benchmarks/results/convert-<data>.md`.
+Prints a table and writes `benchmarks/results/convert-<data>.md`. The data sets are
+those of `compression.py`'s `load` ("instacart" and "long-tail-synthetic" need the
+`compression.py` and `keras_mpe.datasets` of main after 2026-12-02).
 
     python benchmarks/convert.py --data movielens-100k --seeds 3 --scratch
     python benchmarks/convert.py --data movielens-1m --seeds 3
@@ -157,7 +159,13 @@ def main() -> None:
     parser.add_argument(
         "--data",
         default="movielens-100k",
-        choices=["synthetic", "movielens-100k", "movielens-1m", "instacart"],
+        choices=[
+            "synthetic",
+            "movielens-100k",
+            "movielens-1m",
+            "instacart",
+            "long-tail-synthetic",
+        ],
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the float model")
