@@ -1,6 +1,7 @@
 """keras_mpe: Mixed-Precision Embeddings for Keras and TensorFlow Recommenders."""
 
 from keras_mpe.callbacks import PrecisionSearch
+from keras_mpe.convert import ConversionError, convert
 from keras_mpe.embedding import MixedPrecisionEmbedding
 from keras_mpe.export import export_saved_model
 from keras_mpe.inspection import inspect
@@ -10,10 +11,12 @@ from keras_mpe.plotting import plot_precision
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConversionError",
     "MixedPrecisionEmbedding",
     "PackedEmbedding",
     "PrecisionSearch",
     "__version__",
+    "convert",
     "export_saved_model",
     "inspect",
     "plot_precision",

@@ -8,6 +8,12 @@ Subcommands:
   or corrupted export prints one line, `keras-mpe inspect: error: ...`, naming the
   file, and exits with code 1.
 - `keras-mpe demo [--smoke] [...]`: the end-to-end demo (see `keras_mpe.demo`).
+- `keras-mpe convert MODEL DATA OUT [--target-compression R] [--epochs E] [...]`:
+  `keras_mpe.convert` of a trained model saved with `model.save` (`.keras`) on the
+  arrays of an `.npz` file (`y`, the labels, and the inputs: one array, or one per
+  named model input), exported with `keras_mpe.export_saved_model` to `OUT`; prints
+  each table's compression. Bad input prints one line, `keras-mpe convert: error:
+  ...`, and exits with code 1.
 """
 
 import argparse
@@ -83,6 +89,54 @@ def _inspect_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_command(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import keras_mpe
+    from keras_mpe.backend import keras
+    from keras_mpe.embedding import find_mixed_precision_layers
+
+    def arrays(path: str) -> tuple[Any, np.ndarray]:
+        with np.load(path) as stored:
+            found = {name: stored[name] for name in stored.files}
+        if "y" not in found or len(found) < 2:
+            raise ValueError(
+                f"{path} must hold the labels as `y` and the inputs as one more array, or "
+                f"one array per named model input. It holds {sorted(found)}."
+            )
+        labels = found.pop("y")
+        return (next(iter(found.values())) if len(found) == 1 else found), labels
+
+    try:
+        model = keras.models.load_model(args.model)
+        data = arrays(args.data)
+        validation = arrays(args.validation) if args.validation else None
+        converted = keras_mpe.convert(
+            model,
+            data,
+            target_compression=args.target_compression,
+            epochs=args.epochs,
+            validation_data=validation,
+            batch_size=args.batch_size,
+            num_groups=args.num_groups,
+            verbose=2 if args.epochs else 0,
+        )
+        keras_mpe.export_saved_model(converted, args.out, overwrite=args.overwrite)
+    except (OSError, ValueError, TypeError) as error:
+        message = " ".join(str(error).split())  # one line
+        print(f"keras-mpe convert: error: {message}", file=sys.stderr)
+        return 1
+    for layer in find_mixed_precision_layers(converted):
+        report = layer.memory_report()
+        print(
+            f"table '{layer.name}': {layer.input_dim} x {layer.output_dim}, "
+            f"{report['compression_ratio']:.2f}x with overhead, average bits "
+            f"{report['average_bits']:.3f}"
+        )
+    print(f"exported to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `keras-mpe` argument parser; each subcommand sets `handler`."""
     parser = argparse.ArgumentParser(
@@ -108,6 +162,29 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     demo_parser.set_defaults(handler=_demo_command)
+    convert_parser = commands.add_parser(
+        "convert",
+        help="compress a trained model's Embedding tables (keras_mpe.convert) and export it",
+        description="keras_mpe.convert of a model saved with model.save (.keras), on the "
+        "arrays of an .npz file (`y`: labels; the inputs: one array, or one per named "
+        "model input), exported as a packed SavedModel.",
+    )
+    convert_parser.add_argument("model", metavar="MODEL", help="the trained model (.keras)")
+    convert_parser.add_argument("data", metavar="DATA", help="the training data (.npz)")
+    convert_parser.add_argument("out", metavar="OUT", help="the SavedModel directory to write")
+    convert_parser.add_argument(
+        "--target-compression", type=float, default=16.0, help="default 16"
+    )
+    convert_parser.add_argument(
+        "--epochs", type=int, default=1, help="fine-tuning epochs; 0: no training (default 1)"
+    )
+    convert_parser.add_argument("--validation", help="validation data (.npz, as DATA)")
+    convert_parser.add_argument("--batch-size", type=int, default=None)
+    convert_parser.add_argument("--num-groups", type=int, default=128)
+    convert_parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it is not empty"
+    )
+    convert_parser.set_defaults(handler=_convert_command)
     return parser
 
 

@@ -110,6 +110,25 @@ def test_ctr_movielens_smoke():
     )
 
 
+def test_convert_trained_model_smoke():
+    # MovieLens-100K when it can be loaded, else the example's synthetic fallback
+    output = _run(
+        [str(EXAMPLES / "convert_trained_model.py"), "--smoke"], legacy_keras=not IS_KERAS_3
+    )
+    _assert_lines(
+        output,
+        [
+            r"^data: ",
+            rf"^  test AUC float32 model: +{NUMBER}$",
+            rf"^  test AUC convert epochs=0: {NUMBER} \([+-]{NUMBER}\), 1[6-9]\.\dx with overhead",
+            rf"^  test AUC convert epochs=1: {NUMBER} \([+-]{NUMBER}\), 1[6-9]\.\dx with overhead",
+            # bit for bit in Keras 3, float rounding (1e-7) in tf-keras
+            r"^  max \|SavedModel - Keras\| over \d+ test rows: (0\.00e\+00|\d\.\d\de-0[6-9])$",
+            r"^  the original model still holds: Embedding$",
+        ],
+    )
+
+
 DEMO_SUMMARY = [
     rf"^test AUC float32: +{NUMBER}",
     *[rf"^  MPE target +{t}x: +{NUMBER} at {NUMBER}x \([+-]{NUMBER}\)$" for t in (4, 8, 16, 32)],
