@@ -174,7 +174,14 @@ def fit_with_rewind(model, layer, train, validation, test, epochs: int, batch: i
 
 
 def run_method(
-    method: str, seed: int, data, epochs: int, batch: int, mpe_bits: tuple[int, ...], planted=None
+    method: str,
+    seed: int,
+    data,
+    epochs: int,
+    batch: int,
+    mpe_bits: tuple[int, ...],
+    planted=None,
+    quantizer_scale: float | None = None,
 ) -> dict:
     train, validation, test, vocabulary, _ = data
     fields, dim = train[0].shape[1], 16
@@ -243,6 +250,8 @@ def run_method(
         )
     else:
         layer_class, options, search = mpe_recipe(method, mpe_bits)
+    if quantizer_scale is not None and layer_class is keras_mpe.MixedPrecisionEmbedding:
+        options["quantizer_learning_rate_scale"] = quantizer_scale
     layer = layer_class(vocabulary, dim, **options)
     layer.adapt(train[0])
     model = build(layer, fields)
@@ -344,6 +353,12 @@ def main() -> None:
         "--results-name", default="", help="file name of the results (default compression-DATA)"
     )
     parser.add_argument(
+        "--quantizer-scale",
+        type=float,
+        default=None,
+        help="the layer's quantizer_learning_rate_scale in the runs that learn log step sizes",
+    )
+    parser.add_argument(
         "--mpe-bits", default="0,1,2,3,4,5,6", help="candidate bit-widths of the MPE runs"
     )
     parser.add_argument(
@@ -388,7 +403,16 @@ def main() -> None:
     for method in methods:
         start = time.time()
         results = [
-            run_method(method, seed, data, args.epochs, args.batch, mpe_bits, planted)
+            run_method(
+                method,
+                seed,
+                data,
+                args.epochs,
+                args.batch,
+                mpe_bits,
+                planted,
+                args.quantizer_scale,
+            )
             for seed in range(args.seeds)
         ]
         auc = np.array([r["auc"] for r in results])
