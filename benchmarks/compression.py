@@ -542,16 +542,20 @@ def plot_curves(rows, path: str, description: str, baseline: str = "fp32-rewind-
     deltas = np.array([r["auc"] - reference for line in lines.values() for r in line])
     floor = max(np.percentile(deltas, 10) - 0.002, -0.03) if deltas.size else -0.01
     top = max(deltas.max(initial=0.0), 0.0) + 0.002
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure, axes = plt.subplots(figsize=(10, 5))
     axes.axhline(0.0, color="black", linewidth=0.8, label=f"{baseline} (0 = {reference:.4f})")
     for index, (name, points) in enumerate(sorted(lines.items())):
         points = sorted(points, key=lambda r: r["ratio"])
         x = np.array([r["ratio"] for r in points])
         y = np.array([r["auc"] - reference for r in points])
         std = np.array([r["auc_std"] for r in points])
-        color = plt.cm.tab10(index % 10)
+        color = plt.cm.tab20(index % 20)
         style = "-" if name.startswith(("mpe", "paper")) else ":"
-        axes.errorbar(x, np.maximum(y, floor), yerr=std, fmt="o" + style, color=color,
+        shown = np.maximum(y, floor)
+        # error bars clipped to the view, so a collapsed seed does not fill the picture
+        inside = y >= floor  # points below the view get no bar
+        yerr = [np.minimum(std, shown - floor), np.where(inside, np.minimum(std, top - shown), 0)]
+        axes.errorbar(x, shown, yerr=yerr, fmt="o" + style, color=color,
                       capsize=2, markersize=4, label=name)  # fmt: skip
         for xi, yi in zip(x[y < floor], y[y < floor]):
             axes.plot(xi, floor, "v", color=color, markersize=9)
@@ -563,7 +567,7 @@ def plot_curves(rows, path: str, description: str, baseline: str = "fp32-rewind-
     axes.set_ylabel(f"test AUC - {baseline}")
     axes.set_title(description, fontsize=7)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="lower left", ncol=2)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
