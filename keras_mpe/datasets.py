@@ -22,6 +22,14 @@ from typing import Any
 import numpy as np
 
 
+def _frequency_rank(train_ids: np.ndarray, vocabulary_size: int) -> np.ndarray:
+    """The new number of each id: its rank by descending train count, ties by id."""
+    counts = np.bincount(train_ids.ravel(), minlength=vocabulary_size)
+    rank = np.empty(vocabulary_size, np.int32)
+    rank[np.lexsort((np.arange(vocabulary_size), -counts))] = np.arange(vocabulary_size)
+    return rank
+
+
 @dataclass
 class CTRData:
     """A click-through data set split into train, validation and test parts.
@@ -59,10 +67,7 @@ class CTRData:
         >>> ranked.train[0].tolist(), ranked.validation[0].tolist()
         ([[0, 0], [0, 1]], [[2, 1]])
         """
-        counts = np.bincount(self.train[0].ravel(), minlength=self.vocabulary_size)
-        order = np.lexsort((np.arange(self.vocabulary_size), -counts))
-        rank = np.empty(self.vocabulary_size, np.int32)
-        rank[order] = np.arange(self.vocabulary_size, dtype=np.int32)
+        rank = _frequency_rank(self.train[0], self.vocabulary_size)
 
         def renumber(part: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
             return rank[part[0]], part[1]
@@ -74,6 +79,20 @@ class CTRData:
             vocabulary_size=self.vocabulary_size,
             description=f"{self.description}; ids ranked by train frequency",
         )
+
+
+def _check_synthetic_arguments(zipf_exponent: float, **counts: Any) -> None:
+    """Checks the arguments the synthetic generators share: positive integer counts
+    (`rows` among them, at least 10 to split) and a positive Zipf exponent."""
+    for name, value in counts.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    if counts["rows"] < 10:
+        raise ValueError(
+            f"`rows` must be at least 10 to split 80/10/10. Received: rows={counts['rows']}"
+        )
+    if not zipf_exponent > 0:
+        raise ValueError(f"`zipf_exponent` must be > 0. Received: zipf_exponent={zipf_exponent}")
 
 
 def synthetic_ctr(
@@ -97,13 +116,9 @@ def synthetic_ctr(
     >>> data.train[0].shape, data.vocabulary_size
     ((800, 3), 150)
     """
-    for name, value in (("rows", rows), ("fields", fields), ("ids_per_field", ids_per_field)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    if rows < 10:
-        raise ValueError(f"`rows` must be at least 10 to split 80/10/10. Received: rows={rows}")
-    if not zipf_exponent > 0:
-        raise ValueError(f"`zipf_exponent` must be > 0. Received: zipf_exponent={zipf_exponent}")
+    _check_synthetic_arguments(
+        zipf_exponent, rows=rows, fields=fields, ids_per_field=ids_per_field
+    )
     rng = np.random.default_rng(seed)
     ranks = np.arange(1, ids_per_field + 1)
     weights = ranks ** (-float(zipf_exponent))
@@ -112,11 +127,11 @@ def synthetic_ctr(
     effects = rng.normal(size=fields * ids_per_field)
     logits = effects[ids].sum(axis=1) / np.sqrt(fields)
     labels = (rng.random(rows) < 1 / (1 + np.exp(-logits))).astype(np.float32)[:, None]
-    cut_train, cut_val = int(rows * 0.8), int(rows * 0.9)
+    train, validation, test = ((ids[p], labels[p]) for p in _split_rows(rows))
     return CTRData(
-        train=(ids[:cut_train], labels[:cut_train]),
-        validation=(ids[cut_train:cut_val], labels[cut_train:cut_val]),
-        test=(ids[cut_val:], labels[cut_val:]),
+        train=train,
+        validation=validation,
+        test=test,
         vocabulary_size=fields * ids_per_field,
         description=(
             f"SYNTHETIC click data: {rows} rows, {fields} fields x {ids_per_field} ids, "
@@ -181,23 +196,18 @@ def synthetic_long_tail(
     >>> planted.data.train[0].shape, int((planted.effects != 0).sum())
     ((800, 4), 15)
     """
-    for name, value in (
-        ("rows", rows),
-        ("fields", fields),
-        ("vocabulary_size", vocabulary_size),
-        ("signal_ranks", signal_ranks),
-    ):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    if rows < 10:
-        raise ValueError(f"`rows` must be at least 10 to split 80/10/10. Received: rows={rows}")
+    _check_synthetic_arguments(
+        zipf_exponent,
+        rows=rows,
+        fields=fields,
+        vocabulary_size=vocabulary_size,
+        signal_ranks=signal_ranks,
+    )
     if signal_ranks > vocabulary_size:
         raise ValueError(
             f"`signal_ranks` must be at most vocabulary_size={vocabulary_size}. "
             f"Received: signal_ranks={signal_ranks}"
         )
-    if not zipf_exponent > 0:
-        raise ValueError(f"`zipf_exponent` must be > 0. Received: zipf_exponent={zipf_exponent}")
     if not 0 < signal_fraction <= 1:
         raise ValueError(
             f"`signal_fraction` must be in (0, 1]. Received: signal_fraction={signal_fraction}"
@@ -214,18 +224,17 @@ def synthetic_long_tail(
     effects[signal] = rng.normal(size=signal.size)
     logits = effects[ids].sum(axis=1)
     labels = (rng.random(rows) < 1 / (1 + np.exp(-logits))).astype(np.float32)[:, None]
-    cut_train, cut_val = int(rows * 0.8), int(rows * 0.9)
-    # renumber by train frequency, as `CTRData.ranked_by_frequency` does, so that the
-    # frequency groups are contiguous id ranges (no id permutation in a packed table)
-    counts = np.bincount(ids[:cut_train].ravel(), minlength=vocabulary_size)
-    rank = np.empty(vocabulary_size, np.int32)
-    rank[np.lexsort((np.arange(vocabulary_size), -counts))] = np.arange(vocabulary_size)
+    parts = _split_rows(rows)
+    # renumber by train frequency, so that the frequency groups are contiguous id
+    # ranges (no id permutation in a packed table)
+    rank = _frequency_rank(ids[parts[0]], vocabulary_size)
     ids = rank[ids]
     effects[rank] = effects.copy()
+    train, validation, test = ((ids[p], labels[p]) for p in parts)
     data = CTRData(
-        train=(ids[:cut_train], labels[:cut_train]),
-        validation=(ids[cut_train:cut_val], labels[cut_train:cut_val]),
-        test=(ids[cut_val:], labels[cut_val:]),
+        train=train,
+        validation=validation,
+        test=test,
         vocabulary_size=vocabulary_size,
         description=(
             f"SYNTHETIC long tail: {rows} rows, {fields} fields over {vocabulary_size} ids, "
@@ -559,9 +568,10 @@ def _check_split_arguments(seed: Any, min_count: Any) -> None:
         raise ValueError(f"`min_count` must be an integer >= 1. Received: min_count={min_count!r}")
 
 
-def _split_rows(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row indices of a random 80/10/10 train/validation/test split."""
-    order = np.random.default_rng(seed).permutation(count)
+def _split_rows(count: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of an 80/10/10 train/validation/test split: in row order, or by a
+    random permutation of the rows when `seed` is given."""
+    order = np.arange(count) if seed is None else np.random.default_rng(seed).permutation(count)
     cut_train, cut_val = int(count * 0.8), int(count * 0.9)
     return order[:cut_train], order[cut_train:cut_val], order[cut_val:]
 
