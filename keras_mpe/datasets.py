@@ -159,7 +159,7 @@ class PlantedLongTail:
 
         Example:
 
-        >>> planted = synthetic_long_tail(rows=1000, vocabulary_size=500, seed=0)
+        >>> planted = synthetic_long_tail(rows=1000, vocabulary_size=500, signal_ranks=50)
         >>> planted.signal_mass_kept(np.ones(500, bool))
         1.0
         """
