@@ -10,24 +10,26 @@ Methods (each for every seed, all with the same model and the same total epochs)
   training, two phases like MPE.
 - `ptq-int8`, `ptq-int4` (Keras 3 only): the trained `fp32` model's table quantized after
   training with `Embedding.quantize(mode)`.
-- `paper-<penalty>`: the paper's recipe as `../shared/MPE.md`-style notes give it: the
-  expectation over the widths as the search's forward, a fixed temperature (the
+- `paper-<penalty>`: the paper's recipe: the expectation over the widths as the
+  search's forward, a fixed temperature (the
   layer's `final_temperature`, 3e-3), that fixed bit penalty, step sizes and offset
   learned as they are (`DirectQuantizerEmbedding`), best validation epoch, rewind.
   One difference remains: the groups are `floor(V / G)` ids each with a long last
-  group, where the paper has `ceil(V / G)` with a short one (one id per group).
+  group, where the paper has `ceil(V / G)` with a short one (a group differs by one
+  id, the last by up to G).
 - `paper+<deviation>-<penalty>`: the paper's recipe with one of the defaults' choices
   switched on: `sample` (sampled widths as the search's forward), `anneal` (the
   temperature annealed from 1.0), `logsteps` (step sizes learned as `exp(10 u)`, the
   offset in units of the table's scale); `paper-target-<R>`: with `target_compression`
-  steering the penalty and `fit_to_budget` ending the search.
+  steering the penalty and `fit_to_budget` ending the search. Deviations combine, e.g.
+  `paper+sample+anneal-target-16` (the defaults with the paper's step sizes).
 - `mpe-<penalty>`, `mpe-target-<R>`: the layer's and `PrecisionSearch`'s defaults (all
   four deviations on), with a fixed penalty or with `target_compression=R`.
 Each run is read at its best validation-AUC epoch (for two-phase methods, in the second
 phase). Each also reports the size of its SavedModel (`keras_mpe.export_saved_model`
 for MixedPrecisionEmbedding models, Keras's `model.export` for the others). Prints a
-table and writes `benchmarks/results/compression.md` and a PNG of test
-AUC against compression.
+table and writes `benchmarks/results/compression-<data>.md` (or `--results-name`) and a
+PNG of test AUC minus the fair float32 baseline against compression.
 
     python benchmarks/compression.py --data synthetic --seeds 1 --epochs 2 --only mpe-target-8
     python benchmarks/compression.py --data instacart --only fp32-rewind-mpe-init,paper-1e-4
