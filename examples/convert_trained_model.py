@@ -27,14 +27,14 @@ import tensorflow as tf
 
 import keras_mpe
 from keras_mpe.backend import keras
-from keras_mpe.datasets import MovieLensUnavailableError, load_movielens, synthetic_ctr
+from keras_mpe.datasets import DatasetUnavailableError, load_movielens, synthetic_ctr
 
 
 def load_data(smoke: bool):
     """MovieLens-100K click data (synthetic when unavailable), ids ranked by frequency."""
     try:
         data = load_movielens("100k").to_ctr_data()
-    except MovieLensUnavailableError as error:
+    except DatasetUnavailableError as error:
         print(f"NOTE: MovieLens-100K is unavailable, so this runs on SYNTHETIC data: {error}")
         data = synthetic_ctr(rows=12_000 if smoke else 100_000, fields=8, ids_per_field=500)
     else:
