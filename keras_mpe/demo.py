@@ -13,7 +13,7 @@ and a summary at the end.
 When MovieLens cannot be loaded (not cached and no network), it says so and runs on
 `keras_mpe.datasets.synthetic_ctr` instead; every figure is then labelled synthetic.
 
-    python -m keras_mpe.demo            # about 2 minutes on 2 CPU cores
+    python -m keras_mpe.demo            # about 3 minutes on 2 CPU cores
     python -m keras_mpe.demo --smoke    # well under a minute, for CI
 """
 
