@@ -163,6 +163,12 @@ class PlantedLongTail:
         >>> planted.signal_mass_kept(np.ones(500, bool))
         1.0
         """
+        kept = np.asarray(kept)
+        if kept.dtype != bool or kept.shape != self.effects.shape:
+            raise ValueError(
+                f"`kept` must be a bool mask of shape {self.effects.shape}. Received an "
+                f"array of dtype {kept.dtype} and shape {kept.shape}."
+            )
         counts = np.bincount(self.data.train[0].ravel(), minlength=self.effects.size)
         signal = counts * (self.effects != 0)
         return float(signal[kept].sum() / signal.sum())

@@ -118,6 +118,8 @@ def test_signal_mass_kept_counts_train_lookups_of_signal_ids():
     assert planted.signal_mass_kept(kept) == pytest.approx(expected)
     assert planted.signal_mass_kept(~signal) == 0.0
     assert planted.signal_mass_kept(np.ones(50, bool)) == 1.0
+    with pytest.raises(ValueError, match=r"bool mask of shape \(50,\).*int64 and shape \(3,\)"):
+        planted.signal_mass_kept(np.array([0, 1, 2]))
 
 
 @pytest.mark.parametrize(
