@@ -43,22 +43,23 @@ PHASES = ("embedding", "adapt", "search", "retrain", "export")
 OPTIMIZERS = ("adam", "adagrad", "sgd", "adam+sgd")
 
 
-def peak_rss() -> int:
-    """The process's peak resident set size (VmHWM) in bytes."""
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (e.g. `VmHWM`), in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_rss() -> int:
+    """The process's peak resident set size (VmHWM) in bytes."""
+    return _status_bytes("VmHWM")
 
 
 def current_rss() -> int:
     """The process's resident set size (VmRSS) in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return _status_bytes("VmRSS")
 
 
 def reset_peak_rss() -> bool:
