@@ -44,17 +44,22 @@ def boolean(name: str, value: Any) -> bool:
     return value
 
 
-def positive_int(name: str, value: Any) -> int:
-    """`value` as an int if it is an integer >= 1.
+def positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
+    """`value` as an int if it is an integer >= 1 (>= 0 with `allow_zero`).
 
     >>> positive_int("input_dim", 0)
     Traceback (most recent call last):
     ...
     ValueError: `input_dim` must be a positive integer. Received: input_dim=0 (of type int)
+    >>> positive_int("epochs", -1, allow_zero=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: `epochs` must be an integer >= 0. Received: epochs=-1 (of type int)
     """
-    if not is_int(value) or value < 1:
+    if not is_int(value) or value < (0 if allow_zero else 1):
+        expected = "an integer >= 0" if allow_zero else "a positive integer"
         raise ValueError(
-            f"`{name}` must be a positive integer. "
+            f"`{name}` must be {expected}. "
             f"Received: {name}={value!r} (of type {type(value).__name__})"
         )
     return int(value)

@@ -202,9 +202,9 @@ def convert(
             table's rows.
         ValueError, TypeError: a bad argument (the message names it).
     """
-    epochs = _non_negative_int("epochs", epochs)
+    epochs = checks.positive_int("epochs", epochs, allow_zero=True)
     retrain_epochs = epochs if retrain_epochs is None else retrain_epochs
-    retrain_epochs = _non_negative_int("retrain_epochs", retrain_epochs)
+    retrain_epochs = checks.positive_int("retrain_epochs", retrain_epochs, allow_zero=True)
     if target_compression is not None and not (
         checks.is_number(target_compression) and target_compression > 1
     ):
@@ -337,15 +337,6 @@ def convert(
 
 
 # ------------------------------------------------------------------- arguments
-def _non_negative_int(name: str, value: Any) -> int:
-    if not checks.is_int(value) or value < 0:
-        raise ValueError(
-            f"`{name}` must be an integer >= 0. Received: {name}={value!r} "
-            f"(of type {type(value).__name__})"
-        )
-    return int(value)
-
-
 def _chosen_layers(embeddings: list, layers: Sequence[Any] | None) -> list:
     """The Embedding layers `layers` names (objects or names), default all."""
     if layers is None:

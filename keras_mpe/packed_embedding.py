@@ -80,11 +80,7 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
         self.bit_widths = checks.bit_widths(bit_widths)
         self.nonzero_bit_widths = tuple(b for b in self.bit_widths if b > 0)  # of step_sizes
         self.groups = checks.positive_int("groups", groups)
-        if not checks.is_int(num_words) or num_words < 0:
-            raise ValueError(
-                f"`num_words` must be an integer >= 0. Received: num_words={num_words!r}"
-            )
-        self.num_words = int(num_words)
+        self.num_words = checks.positive_int("num_words", num_words, allow_zero=True)
         if permutation_words is not None:
             permutation_words = checks.positive_int("permutation_words", permutation_words)
         self.permutation_words = permutation_words
