@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_mpe import checks
+
 
 def _frequency_rank(train_ids: np.ndarray, vocabulary_size: int) -> np.ndarray:
     """The new number of each id: its rank by descending train count, ties by id."""
@@ -85,8 +87,7 @@ def _check_synthetic_arguments(zipf_exponent: float, **counts: Any) -> None:
     """Checks the arguments the synthetic generators share: positive integer counts
     (`rows` among them, at least 10 to split) and a positive Zipf exponent."""
     for name, value in counts.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        checks.positive_int(name, value)
     if counts["rows"] < 10:
         raise ValueError(
             f"`rows` must be at least 10 to split 80/10/10. Received: rows={counts['rows']}"
@@ -570,8 +571,7 @@ def _clean_number(value: str) -> str:
 def _check_split_arguments(seed: Any, min_count: Any) -> None:
     if not isinstance(seed, int | np.integer):
         raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
-    if not isinstance(min_count, int | np.integer) or min_count < 1:
-        raise ValueError(f"`min_count` must be an integer >= 1. Received: min_count={min_count!r}")
+    checks.positive_int("min_count", min_count)
 
 
 def _split_rows(count: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

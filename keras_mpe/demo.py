@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import keras_mpe
+from keras_mpe import checks
 from keras_mpe.backend import keras
 from keras_mpe.datasets import (
     CTRData,
@@ -271,8 +272,7 @@ def run_demo(
         raise ValueError(
             f"`targets` must be compression ratios, each > 1. Received: targets={targets!r}"
         )
-    if not (isinstance(tolerance, int | float) and tolerance >= 0):
-        raise ValueError(f"`tolerance` must be a number >= 0. Received: tolerance={tolerance!r}")
+    checks.positive_float("tolerance", tolerance, allow_zero=True)
     start = time.perf_counter()
     epochs = epochs if epochs is not None else (1 if smoke else 3)
 
