@@ -55,6 +55,7 @@ import keras_mpe
 import keras_mpe.datasets
 from keras_mpe.backend import IS_KERAS_3, keras
 from keras_mpe.datasets import synthetic_ctr
+from keras_mpe.plotting import pyplot
 from keras_mpe.precision import fit_to_budget
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -526,12 +527,9 @@ def plot_curves(rows, path: str, description: str, baseline: str = "fp32-rewind-
     across its budgets, zoomed to where the lines are; points below the view are
     drawn on its lower edge as triangles with their value."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        plt = pyplot()
+    except ImportError as error:
+        print(f"no plot: {error}")
         return
     reference = {r["method"]: r["auc"] for r in rows}.get(baseline)
     if reference is None:

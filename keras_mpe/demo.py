@@ -38,6 +38,7 @@ from keras_mpe.datasets import (
     load_movielens,
     synthetic_ctr,
 )
+from keras_mpe.plotting import pyplot
 
 DATA_CHOICES = ("movielens-100k", "synthetic")
 
@@ -189,11 +190,7 @@ def _train_mpe(
 def _plot_tradeoff(sweep: list[dict], float_auc: float, tolerance: float, path: str) -> None:
     """Writes a PNG of test AUC against compression, with the float32 line and the
     tolerance band below it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 3.6), layout="constrained")
     axis.axhline(float_auc, color="black", linewidth=0.8, label="float32")
     axis.axhspan(float_auc - tolerance, float_auc, color="green", alpha=0.15,

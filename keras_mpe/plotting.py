@@ -7,6 +7,22 @@ import numpy as np
 from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding, find_mixed_precision_layers
 
 
+def pyplot() -> Any:
+    """`matplotlib.pyplot` on the file-only Agg backend, or an ImportError that says
+    how to install matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError(
+            "Plotting needs matplotlib, which is not installed. Install it with "
+            "`pip install matplotlib` (or `pip install keras-mpe[plot]`)."
+        ) from error
+    return plt
+
+
 def group_frequencies(layer: MixedPrecisionEmbedding) -> np.ndarray:
     """Mean training count per id of each frequency group, float64 `[groups]`.
 
@@ -39,16 +55,7 @@ def plot_precision(layer_or_model: Any, path: str) -> None:
         layer_or_model: a `MixedPrecisionEmbedding`, or a model holding some.
         path: where to write the PNG.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError(
-            "`plot_precision` needs matplotlib, which is not installed. Install it with "
-            "`pip install matplotlib` (or `pip install keras-mpe[plot]`)."
-        ) from error
+    plt = pyplot()
     if isinstance(layer_or_model, MixedPrecisionEmbedding):
         layers = [layer_or_model]
     else:
