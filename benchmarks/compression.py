@@ -61,6 +61,14 @@ from keras_mpe.precision import fit_to_budget
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+# `--optimizer`: what every model trains with (set once by `main`)
+OPTIMIZERS = {
+    "adam": lambda: keras.optimizers.Adam(1e-3),
+    "lazy_adam": lambda: keras_mpe.optimizers.LazyAdam(1e-3),
+    "lazy_adam_catch_up": lambda: keras_mpe.optimizers.LazyAdam(1e-3, catch_up=True),
+}
+optimizer_name = "adam"
+
 DATA = ("synthetic", "movielens-100k", "movielens-1m", "instacart", "long-tail-synthetic")
 
 
@@ -150,7 +158,7 @@ def fit(
 ) -> EpochReader:
     if compile_model:
         model.compile(
-            keras.optimizers.Adam(1e-3),
+            OPTIMIZERS[optimizer_name](),
             "binary_crossentropy",
             metrics=[keras.metrics.AUC(name="auc")],
         )
@@ -370,7 +378,12 @@ def main() -> None:
         help="comma-separated results files of earlier runs (parts run with --only) to "
         "write as one table and picture under --results-name, without training",
     )
+    parser.add_argument(
+        "--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="every model's, lr 1e-3"
+    )
     args = parser.parse_args()
+    global optimizer_name
+    optimizer_name = args.optimizer
     name = args.results_name or f"compression-{args.data}"
     if args.merge:
         parts = [read_results(path) for path in args.merge.split(",")]
@@ -451,7 +464,8 @@ def run_line(args, description: str) -> str:
     return (
         f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, {flavour}; "
         f"{description}; {args.epochs} epochs per method, {args.seeds} seeds, batch "
-        f"{args.batch}. Command: `python benchmarks/compression.py {shlex.join(sys.argv[1:])}`"
+        f"{args.batch}, {args.optimizer}. "
+        f"Command: `python benchmarks/compression.py {shlex.join(sys.argv[1:])}`"
     )
 
 

@@ -25,6 +25,7 @@ between consecutive `on_train_batch_end` calls of `fit`); ratios are to the
     python benchmarks/scale.py --input_dim 1000000 --steps 20
     python benchmarks/scale.py --optimizer sgd --phases embedding,search,retrain
     python benchmarks/scale.py --optimizer adam+sgd       # Keras 3: Adam, SGD for the table
+    python benchmarks/scale.py --optimizer lazy_adam      # keras_mpe.optimizers.LazyAdam
     python benchmarks/scale.py --input_dim 1e5 --optimizer adagrad --dense_ops
     python benchmarks/scale.py --input_dim 1000 --steps 2 --batch 64 --adapt_ids 100000
 """
@@ -40,7 +41,7 @@ import time
 import numpy as np
 
 PHASES = ("embedding", "adapt", "search", "retrain", "export")
-OPTIMIZERS = ("adam", "adagrad", "sgd", "adam+sgd")
+OPTIMIZERS = ("adam", "adagrad", "sgd", "adam+sgd", "lazy_adam", "sparse_adagrad")
 
 
 def _status_bytes(field: str) -> int:
@@ -82,7 +83,9 @@ def zipf_batches(args: argparse.Namespace, count: int, seed: int = 0) -> list:
 
 def optimizer(args: argparse.Namespace):
     """The optimizer named by `--optimizer`; `adam+sgd` (Keras 3 only): Adam for every
-    variable but the tables, which SGD updates (row-sparse)."""
+    variable but the tables, which SGD updates (row-sparse); `lazy_adam` and
+    `sparse_adagrad`: `keras_mpe.optimizers.LazyAdam` and `Adagrad` (row-sparse)."""
+    import keras_mpe
     from keras_mpe.backend import IS_KERAS_3, keras
 
     if args.optimizer == "adam+sgd":
@@ -99,6 +102,8 @@ def optimizer(args: argparse.Namespace):
         "adam": keras.optimizers.Adam,
         "adagrad": keras.optimizers.Adagrad,
         "sgd": keras.optimizers.SGD,
+        "lazy_adam": keras_mpe.optimizers.LazyAdam,
+        "sparse_adagrad": keras_mpe.optimizers.Adagrad,
     }[args.optimizer](args.learning_rate)
 
 

@@ -1,5 +1,6 @@
 """keras_mpe: Mixed-Precision Embeddings for Keras and TensorFlow Recommenders."""
 
+from keras_mpe import optimizers
 from keras_mpe.callbacks import PrecisionSearch
 from keras_mpe.convert import ConversionError, convert
 from keras_mpe.embedding import MixedPrecisionEmbedding
@@ -19,5 +20,6 @@ __all__ = [
     "convert",
     "export_saved_model",
     "inspect",
+    "optimizers",
     "plot_precision",
 ]

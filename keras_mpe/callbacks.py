@@ -3,12 +3,13 @@
 import importlib.util
 import math
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import checks, precision, search_backup
+from keras_mpe import checks, precision, search_backup, table_files
 from keras_mpe.backend import keras
 from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding, find_mixed_precision_layers
 
@@ -42,7 +43,9 @@ class PrecisionSearch(keras.callbacks.Callback):
       offset of the best epoch by `monitor`;
     - at the end restores those, selects one bit-width per group (the largest with
       probability >= 1/(2K) at the final temperature), freezes the precision,
-      rewinds the tables to their initial values (`rewind=True`), replaces the
+      rewinds the tables to their initial values (`rewind=True`; during the
+      search they wait in files under the temporary directory, `TMPDIR`, not in
+      memory), replaces the
       model's optimizer by a fresh one built from its config (same class and
       settings, empty slots, iteration 0), clears the compiled train function so
       the next `fit` retraces with the new trainable variables, and prints a
@@ -219,7 +222,14 @@ class PrecisionSearch(keras.callbacks.Callback):
         self._best_states: list[dict] | None = None
         self._keys = _layer_keys(self.model, self._layers)
         self._monitor_checked = False
-        self._initial_tables = [layer.embeddings.numpy() for layer in self._layers]
+        # the initial tables wait in files for the rewind, not in memory
+        self._table_directory = tempfile.TemporaryDirectory(prefix="precision_search_")
+        self._initial_tables = [
+            table_files.save_table(
+                layer.embeddings, os.path.join(self._table_directory.name, f"{i}.npy")
+            )
+            for i, layer in enumerate(self._layers)
+        ]
         if self.backup_dir is not None:
             self._restore_backup()
         if self.target_compression is not None:
@@ -394,9 +404,10 @@ class PrecisionSearch(keras.callbacks.Callback):
                 )
             layer.freeze_precision(bits)
             if self.rewind:
-                layer.embeddings.assign(initial)
+                table_files.restore_table(layer.embeddings, initial)
             self.reports[key] = layer.memory_report()
         self._initial_tables = []
+        self._table_directory.cleanup()
         self._reset_optimizer()
         if self.backup_dir is not None and self._writes_files():
             search_backup.remove(self.backup_dir)

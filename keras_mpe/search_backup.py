@@ -53,12 +53,12 @@ class SearchBackup:
 
 
 def fingerprint(array: np.ndarray) -> str:
-    """sha256 of an array's bytes.
+    """sha256 of an array's bytes, read in place (no copy of a table).
 
     >>> fingerprint(np.zeros(2, np.float32))[:12]
     '374708fff771'
     """
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    return hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
 
 
 def identity(layers: list[dict[str, Any]]) -> dict:

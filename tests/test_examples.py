@@ -206,15 +206,17 @@ def test_gpu_serving_check_says_when_there_is_no_gpu():
     _assert_lines(output, [r"^no GPU found$"])
 
 
-def test_scale_benchmark_runs_at_a_toy_size():
+@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
+def test_scale_benchmark_runs_at_a_toy_size(optimizer):
     arguments = ["--input_dim", "2000", "--steps", "2", "--warmup", "1", "--batch", "32"]
     arguments += ["--fields", "4", "--hidden", "8", "--adapt_ids", "100000"]
+    arguments += ["--optimizer", optimizer]
     output = _run([str(BENCHMARKS / "scale.py"), *arguments], legacy_keras=not IS_KERAS_3)
     rss = r"[\d,]+ M +[\d.]+x"
     _assert_lines(
         output,
         [
-            r"^scale, .*input_dim=2,000 D=16 .* adam lr 0\.001",
+            rf"^scale, .*input_dim=2,000 D=16 .* {optimizer} lr 0\.001",
             rf"^  embedding +{NUMBER} +{NUMBER} +{NUMBER} +{rss} +{NUMBER} +1\.00x",
             rf"^  adapt .* {rss} +- +- +{NUMBER}M ids/s over 100,096 ids",
             rf"^  search .* {rss} +{NUMBER} +{NUMBER}x +peak {NUMBER}x table before",
