@@ -170,13 +170,6 @@ class PrecisionSearch(keras.callbacks.Callback):
             raise ValueError(f"`monitor` must be a non-empty str. Received: monitor={monitor!r}")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"`mode` must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
-        if target_compression is not None and not (
-            checks.is_number(target_compression) and target_compression > 1
-        ):
-            raise ValueError(
-                "`target_compression` must be a number > 1 (float32 bytes over packed bytes). "
-                f"Received: target_compression={target_compression!r}"
-            )
         if initial_temperature is not None and not (
             checks.is_number(initial_temperature) and initial_temperature > 0
         ):
@@ -194,7 +187,7 @@ class PrecisionSearch(keras.callbacks.Callback):
         self.monitor = monitor
         self.mode = mode
         self.rewind = bool(rewind)
-        self.target_compression = target_compression
+        self.target_compression = checks.target_compression(target_compression)
         self.initial_temperature = initial_temperature
         self.backup_dir = (
             None if backup_dir is None else checks.local_path("backup_dir", backup_dir)
@@ -259,15 +252,7 @@ class PrecisionSearch(keras.callbacks.Callback):
                     f"ends at. Received: initial_temperature={self.initial_temperature!r}"
                 )
         if self.target_compression is not None:
-            lowest = np.full(layer.groups, min(layer.bit_widths))
-            best = layer.memory_report(group_bits=lowest)["compression_ratio"]
-            if best < self.target_compression:
-                raise ValueError(
-                    f"`target_compression` {self.target_compression} is out of reach for "
-                    f"layer '{layer.name}': with every group at {lowest[0]} bits its "
-                    f"compression is {best:.1f}x (the overhead alone). Received: "
-                    f"target_compression={self.target_compression!r}"
-                )
+            precision.check_reachable(layer, self.target_compression)
 
     # ------------------------------------------------------------ during fit
     def _implements_train_batch_hooks(self) -> bool:

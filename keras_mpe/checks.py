@@ -81,6 +81,25 @@ def positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
     return float(value)
 
 
+def target_compression(value: Any) -> float | None:
+    """`value` as a float if it is a compression ratio > 1, or None.
+
+    >>> target_compression(1)
+    Traceback (most recent call last):
+    ...
+    ValueError: `target_compression` must be a number > 1 (float32 bytes over packed bytes) \
+or None. Received: target_compression=1
+    """
+    if value is None:
+        return None
+    if not is_number(value) or not value > 1:
+        raise ValueError(
+            "`target_compression` must be a number > 1 (float32 bytes over packed bytes) "
+            f"or None. Received: target_compression={value!r}"
+        )
+    return float(value)
+
+
 def bit_widths(value: Any) -> tuple[int, ...]:
     """Candidate bit-widths: a non-empty, strictly increasing sequence of integers in
     `[0, MAX_BITS]`, returned as a tuple of ints.

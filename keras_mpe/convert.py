@@ -6,7 +6,6 @@ trained values; their bit-widths are then either allocated from the trained tabl
 """
 
 import functools
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,17 +13,17 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import checks, grouping, precision
+from keras_mpe import checks, precision, quantizers
 from keras_mpe.backend import IS_KERAS_3, gather_rows, keras
 from keras_mpe.callbacks import PrecisionSearch
-from keras_mpe.embedding import MixedPrecisionEmbedding, find_mixed_precision_layers
+from keras_mpe.embedding import (
+    MixedPrecisionEmbedding,
+    calls_routed,
+    find_mixed_precision_layers,
+)
 
 # Rows sampled (by frequency) to fit the step sizes and the offset to a trained table.
 QUANTIZER_SAMPLE_ROWS = 20_000
-# Candidate step sizes: these multiples of MPE's initial alpha_b = 2 mean|W| / sqrt(2^(b-1)).
-STEP_SIZE_MULTIPLES = np.geomspace(0.05, 4.0, 48)
-# Rows per chunk when the per-row quantization errors of a whole table are computed.
-ERROR_CHUNK_ROWS = 65_536
 # Batch size of the forward passes that count ids, when `data` is arrays.
 COUNT_BATCH = 4096
 # By default the copy fine-tunes at this fraction of the learning rate it is compiled with.
@@ -205,13 +204,7 @@ def convert(
     epochs = checks.positive_int("epochs", epochs, allow_zero=True)
     retrain_epochs = epochs if retrain_epochs is None else retrain_epochs
     retrain_epochs = checks.positive_int("retrain_epochs", retrain_epochs, allow_zero=True)
-    if target_compression is not None and not (
-        checks.is_number(target_compression) and target_compression > 1
-    ):
-        raise ValueError(
-            "`target_compression` must be a number > 1 (float32 bytes over packed bytes) "
-            f"or None. Received: target_compression={target_compression!r}"
-        )
+    target_compression = checks.target_compression(target_compression)
     if bit_penalty is not None:
         bit_penalty = checks.positive_float("bit_penalty", bit_penalty, allow_zero=True)
     checks.boolean("search", search)
@@ -299,14 +292,17 @@ def convert(
                 "from `model`."
             )
         copy = _rebuild_subclassed_model(model, model_fn, features, chosen, options, pairs)
-    for original, layer in pairs:
-        _start_from_trained_table(layer, original)
-        if target_compression is not None:
-            _check_reachable(layer, target_compression)
+    if target_compression is not None:
+        for _, layer in pairs:
+            precision.check_reachable(layer, target_compression)
     counts = _count_ids(copy, data, [layer for _, layer in pairs], batch_size)
     for (_, layer), frequencies in zip(pairs, counts, strict=True):
-        _set_frequencies(layer, frequencies)
-        _fit_quantizer(layer)
+        layer.set_frequencies(frequencies)
+        layer.set_quantizer(
+            *quantizers.fit_to_rows(
+                _frequent_rows(layer), float(layer.offset_scale.numpy()), layer.bit_widths
+            )
+        )
 
     if not train_other_layers:
         converted = {id(layer) for _, layer in pairs}
@@ -319,7 +315,7 @@ def convert(
 
     if epochs == 0 or not search:
         for _, layer in pairs:
-            layer.freeze_precision(allocate_bits(layer, target_compression))
+            layer.freeze_precision(precision.allocate_bits(layer, target_compression))
     fit_options = dict(validation_data=validation_data, verbose=verbose)
     if epochs == 0:
         return copy
@@ -410,20 +406,6 @@ def _functional_class() -> type:
 
 
 # --------------------------------------------------------------------- copying
-def _new_layer(original: Any, options: dict) -> MixedPrecisionEmbedding:
-    """The MixedPrecisionEmbedding that replaces `original`, built (random table)."""
-    layer = MixedPrecisionEmbedding(
-        original.input_dim,
-        original.output_dim,
-        mask_zero=bool(original.mask_zero),
-        name=original.name,
-        dtype=original.dtype_policy,
-        **options,
-    )
-    layer.build()
-    return layer
-
-
 def _clone_graph_model(model: Any, chosen: list, options: dict, pairs: list) -> Any:
     """`clone_model` of a functional or Sequential model, recursing into nested ones,
     with the chosen Embeddings replaced and every other layer's weights copied."""
@@ -431,7 +413,7 @@ def _clone_graph_model(model: Any, chosen: list, options: dict, pairs: list) -> 
 
     def clone(layer: Any) -> Any:
         if any(layer is target for target in chosen):
-            new = _new_layer(layer, options)
+            new = _from_embedding(layer, options)
             pairs.append((layer, new))
             return new
         if isinstance(layer, keras.Model) and _is_graph_model(layer):
@@ -481,7 +463,7 @@ def _rebuild_subclassed_model(
     replicas = [layer for layer in copy._flatten_layers() if _is_embedding(layer)]
     for original, replica in zip(originals, replicas, strict=True):
         if any(original is target for target in chosen):
-            new = _new_layer(original, options)
+            new = _from_embedding(original, options)
             _replace(copy, replica, new)
             pairs.append((original, new))
     copy(features, training=False)  # builds rebuilt Sequentials
@@ -523,31 +505,12 @@ def _replace(root: Any, old: Any, new: Any) -> None:
     )
 
 
-def _check_reachable(layer: MixedPrecisionEmbedding, target: float) -> None:
-    lowest = np.full(layer.groups, min(layer.bit_widths))
-    best = layer.memory_report(lowest)["compression_ratio"]
-    if best < target:
-        raise ValueError(
-            f"`target_compression` {target} is out of reach for Embedding '{layer.name}' "
-            f"({layer.input_dim} x {layer.output_dim}): with every group at {lowest[0]} bits "
-            f"its compression is {best:.1f}x, the overhead of {layer.groups} groups alone. "
-            f"Pass a smaller `num_groups` or target. Received: target_compression={target!r}"
-        )
-
-
-# ------------------------------------------------------------- initial values
-def _start_from_trained_table(layer: MixedPrecisionEmbedding, original: Any) -> None:
-    """Sets `layer`'s table to `original`'s trained one and its offset scale (the unit
-    of the learned offset) to the table's mean |value|."""
-    table = tf.cast(tf.convert_to_tensor(original.embeddings), tf.float32)
-    mean_abs = float(tf.reduce_mean(tf.abs(table)))
-    if not math.isfinite(mean_abs) or mean_abs == 0.0:
-        raise ConversionError(
-            f"Embedding '{original.name}' has a table whose mean |value| is {mean_abs}; "
-            "the step sizes are scaled by it, so it must be finite and non-zero."
-        )
-    layer.embeddings.assign(table)
-    layer.offset_scale.assign(mean_abs)
+def _from_embedding(original: Any, options: dict) -> MixedPrecisionEmbedding:
+    """The MixedPrecisionEmbedding that replaces `original`, from its trained table."""
+    try:
+        return MixedPrecisionEmbedding.from_embedding(original, **options)
+    except ValueError as error:  # a table the step sizes cannot be scaled by
+        raise ConversionError(f"Embedding '{original.name}': {error}") from None
 
 
 def _first_features(data: Any) -> Any:
@@ -612,119 +575,21 @@ def _count_ids(
 
         return hooked
 
-    for index, layer in enumerate(layers):
-        object.__setattr__(layer, "call", counting(index, layer, layer.call))
-    try:
+    routes = [(layer, counting(i, layer, layer.call)) for i, layer in enumerate(layers)]
+    with calls_routed(routes):
         for features in _feature_batches(data, batch_size or COUNT_BATCH):
             model(features, training=False)
-    finally:
-        for layer in layers:
-            object.__delattr__(layer, "call")
     return counts
 
 
-def _set_frequencies(layer: MixedPrecisionEmbedding, frequencies: np.ndarray) -> None:
-    """What `layer.adapt` does, from counts."""
-    id_to_group, masses = grouping.frequency_groups(frequencies, layer.num_groups)
-    layer.frequencies.assign(frequencies)
-    layer.id_to_group.assign(id_to_group.astype(np.int64))
-    layer.group_masses.assign(masses)
-
-
-def _quantize(rows: np.ndarray, step: float, offset: np.ndarray, bits: int) -> np.ndarray:
-    """LSQ+ fake quantization in numpy (as `keras_mpe.quantizers`)."""
-    if bits == 0:
-        return np.zeros_like(rows)
-    low, high = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
-    return np.clip(np.round((rows - offset) / step), low, high) * step + offset
-
-
-def _fit_quantizer(layer: MixedPrecisionEmbedding) -> None:
-    """Step sizes and offset of `layer` fitted to its (trained) table: see `convert`."""
+def _frequent_rows(layer: MixedPrecisionEmbedding) -> np.ndarray:
+    """`QUANTIZER_SAMPLE_ROWS` rows of `layer`'s table drawn by frequency (uniformly
+    if nothing was counted), to fit its quantizer to."""
     frequencies = layer.frequencies.numpy().astype(np.float64)
-    rng = np.random.default_rng(0)
     weights = frequencies if frequencies.sum() > 0 else np.ones_like(frequencies)
+    rng = np.random.default_rng(0)
     rows = rng.choice(layer.input_dim, size=QUANTIZER_SAMPLE_ROWS, p=weights / weights.sum())
-    sample = gather_rows(layer.embeddings, tf.constant(rows, tf.int64)).numpy()
-    mean_abs = float(layer.offset_scale.numpy())
-    widths = [b for b in layer.bit_widths if b > 0]
-    best = None
-    for offset in (np.zeros(layer.output_dim, np.float32), sample.mean(axis=0)):
-        steps, errors = [], []
-        for bits in widths:
-            base = 2.0 * mean_abs / math.sqrt(2.0 ** (bits - 1))
-            candidates = [
-                (float(np.mean((_quantize(sample, base * m, offset, bits) - sample) ** 2)), m)
-                for m in STEP_SIZE_MULTIPLES
-            ]
-            error, multiple = min(candidates)
-            steps.append(base * multiple)
-            errors.append(max(error, 1e-30))
-        score = float(np.sum(np.log(errors)))
-        if best is None or score < best[0]:
-            best = (score, np.asarray(steps), offset)
-    _, steps, offset = best
-    scale = layer.quantizer_learning_rate_scale
-    layer.log_step_sizes.assign(np.log(steps).astype(np.float32) / scale)
-    layer.relative_offset.assign((offset / (mean_abs * scale)).astype(np.float32))
-
-
-# --------------------------------------------------------- post-training bits
-def group_errors(layer: MixedPrecisionEmbedding) -> np.ndarray:
-    """Per group and candidate width, the frequency-weighted squared quantization
-    error of the layer's table at its step sizes and offset: `[groups, K]` float64.
-
-    A 0-bit width looks up zeros, so its error is the rows' squared norm.
-    """
-    frequencies = layer.frequencies.numpy().astype(np.float64)
-    id_to_group = layer.id_to_group.numpy()
-    step_sizes = layer._candidate_step_sizes().numpy()
-    offset = layer.offset.numpy()
-    errors = np.zeros((layer.groups, len(layer.bit_widths)))
-    for start in range(0, layer.input_dim, ERROR_CHUNK_ROWS):
-        stop = min(start + ERROR_CHUNK_ROWS, layer.input_dim)
-        rows = np.asarray(layer.embeddings[start:stop])
-        weight, groups = frequencies[start:stop], id_to_group[start:stop]
-        for k, bits in enumerate(layer.bit_widths):
-            squared = np.sum((_quantize(rows, step_sizes[k], offset, bits) - rows) ** 2, axis=1)
-            errors[:, k] += np.bincount(groups, weights=weight * squared, minlength=layer.groups)
-    return errors
-
-
-def allocate_bits(layer: MixedPrecisionEmbedding, target_compression: float) -> np.ndarray:
-    """Per-group bits from the table alone at a compression target (`epochs=0` of
-    `convert`): the Lagrangian allocation of `group_errors` under the byte budget,
-    then `keras_mpe.precision.fit_to_budget`.
-
-    Returns int32 `[groups]` bits from the layer's candidates.
-    """
-    errors = group_errors(layer)
-    rows = np.bincount(layer.id_to_group.numpy(), minlength=layer.groups)
-    widths = np.asarray(layer.bit_widths)
-    cost = rows[:, None] * layer.output_dim * widths[None, :]  # payload bits
-
-    def bits_at(penalty: float) -> np.ndarray:
-        # ties go to the fewest bits
-        return widths[np.argmin(errors + penalty * cost, axis=1)]
-
-    def ratio(bits: np.ndarray) -> float:
-        return layer.memory_report(bits)["compression_ratio"]
-
-    _check_reachable(layer, target_compression)
-    scale = max(float(errors.max()), 1e-30) / max(float(cost[cost > 0].min()), 1.0)
-    low, high = 0.0, scale
-    while ratio(bits_at(high)) < target_compression:
-        high *= 4.0
-    for _ in range(80):
-        middle = (low + high) / 2
-        if ratio(bits_at(middle)) >= target_compression:
-            high = middle
-        else:
-            low = middle
-    bits = bits_at(high).astype(np.int32)
-    return precision.fit_to_budget(
-        layer.memory_report(bits), layer.bit_widths, layer.group_masses.numpy(), target_compression
-    )
+    return gather_rows(layer.embeddings, tf.constant(rows, tf.int64)).numpy()
 
 
 # ------------------------------------------------------------------- training

@@ -1,7 +1,9 @@
 """The `MixedPrecisionEmbedding` layer."""
 
+import contextlib
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -283,8 +285,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
     def _initial_log_step_sizes(self, shape: Any, dtype: Any = None) -> tf.Tensor:
         """`log(alpha_b) / scale`, `alpha_b = 2 * mean|W0| / sqrt(2**(b-1))` over the
         initial table, `scale` the quantizer learning-rate scale."""
-        bits = np.asarray(self._nonzero_bit_widths, np.float32)
-        alphas = self._initial_mean_abs * (2.0 / np.sqrt(2.0 ** (bits - 1.0)))
+        alphas = quantizers.initial_step_sizes(self._initial_mean_abs, self._nonzero_bit_widths)
         return tf.math.log(alphas) / self.quantizer_learning_rate_scale
 
     @property
@@ -330,17 +331,123 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         array([1, 0, 0, 1])
         """
         self._build_if_needed()
-        if self.state == RETRAIN:
-            raise ValueError(
-                f"Layer '{self.name}' is in the retrain state: its frozen bits belong to "
-                "the groups they were chosen for, and `adapt()` would regroup the ids "
-                "under them. Call `adapt()` before the search, or build a new layer."
-            )
-        frequencies = grouping.count_frequencies(data, self.input_dim)
+        self._refuse_in_retrain_state("adapt")
+        self.set_frequencies(grouping.count_frequencies(data, self.input_dim))
+
+    def set_frequencies(self, frequencies: Any) -> None:
+        """Regroups the ids by `frequencies`, counts made elsewhere (what `adapt`
+        does once it has counted).
+
+        Only before `freeze_precision()`, as for `adapt`.
+
+        Args:
+            frequencies: `[input_dim]` non-negative lookup counts.
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(4, 2, num_groups=2)
+        >>> layer.set_frequencies([2, 1, 0, 3])
+        >>> layer.id_to_group.numpy()  # group 0 the rarer ids
+        array([1, 0, 0, 1])
+        """
+        self._build_if_needed()
+        self._refuse_in_retrain_state("set_frequencies")
+        frequencies = grouping.validate_frequencies(frequencies, self.input_dim)
         id_to_group, masses = grouping.frequency_groups(frequencies, self.num_groups)
         self.frequencies.assign(frequencies)
         self.id_to_group.assign(id_to_group.astype(np.int64))
         self.group_masses.assign(masses)
+
+    def _refuse_in_retrain_state(self, method: str) -> None:
+        if self.state == RETRAIN:
+            raise ValueError(
+                f"Layer '{self.name}' is in the retrain state: its frozen bits belong to "
+                f"the groups they were chosen for, and `{method}()` would regroup the ids "
+                f"under them. Call `{method}()` before the search, or build a new layer."
+            )
+
+    def set_table(self, table: Any) -> None:
+        """Starts the layer from a trained `[input_dim, output_dim]` table: assigns it,
+        and makes its mean |value| the unit of the learned offset (`offset_scale`).
+
+        The step sizes are left as they are; `set_quantizer` sets them.
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(3, 2)
+        >>> layer.set_table(np.full((3, 2), -0.5, np.float32))
+        >>> float(layer.offset_scale.numpy())
+        0.5
+        """
+        self._build_if_needed()
+        table = tf.cast(tf.convert_to_tensor(table), tf.float32)
+        if tuple(table.shape) != (self.input_dim, self.output_dim):
+            raise ValueError(
+                f"`table` must have shape ({self.input_dim}, {self.output_dim}) for layer "
+                f"'{self.name}'. Received: table of shape {tuple(table.shape)}"
+            )
+        mean_abs = float(tf.reduce_mean(tf.abs(table)))
+        if not math.isfinite(mean_abs) or mean_abs == 0.0:
+            raise ValueError(
+                f"`table` must have a finite, non-zero mean |value|: the step sizes are "
+                f"scaled by it. Received: a table whose mean |value| is {mean_abs}"
+            )
+        self.embeddings.assign(table)
+        self.offset_scale.assign(mean_abs)
+
+    def set_quantizer(self, step_sizes: Any, offset: Any) -> None:
+        """Sets the step size of each non-zero candidate width and the offset, through
+        their learned parametrization (`step_sizes`, `offset`).
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(3, 2, bit_widths=(0, 2, 4))
+        >>> layer.set_quantizer([0.4, 0.1], [0.0, 0.25])
+        >>> [round(float(x), 6) for x in (*layer.step_sizes.numpy(), *layer.offset.numpy())]
+        [0.4, 0.1, 0.0, 0.25]
+        """
+        self._build_if_needed()
+        widths = (len(self._nonzero_bit_widths),)
+        checks.float_array("step_sizes", step_sizes, widths, "one per non-zero candidate width")
+        checks.float_array("offset", offset, (self.output_dim,), "[output_dim]")
+        step_sizes, offset = np.asarray(step_sizes, np.float64), np.asarray(offset, np.float64)
+        if not (step_sizes > 0).all():
+            raise ValueError(f"`step_sizes` must be > 0. Received: step_sizes={step_sizes}")
+        scale = self.quantizer_learning_rate_scale
+        self.log_step_sizes.assign(np.log(step_sizes).astype(np.float32) / scale)
+        unit = float(self.offset_scale.numpy()) * scale
+        self.relative_offset.assign((offset / unit).astype(np.float32))
+
+    @classmethod
+    def from_embedding(cls, embedding: Any, **kwargs: Any) -> "MixedPrecisionEmbedding":
+        """A layer that starts from a trained `keras.layers.Embedding`: the same
+        `input_dim`, `output_dim`, `mask_zero`, name and dtype policy, built, with
+        `set_table(embedding.embeddings)`.
+
+        Example:
+
+        >>> embedding = keras.layers.Embedding(10, 4, name="items")
+        >>> embedding.build()
+        >>> layer = MixedPrecisionEmbedding.from_embedding(embedding, num_groups=2)
+        >>> layer.name, layer.groups
+        ('items', 2)
+
+        Args:
+            embedding: a built `keras.layers.Embedding`.
+            **kwargs: more `MixedPrecisionEmbedding` arguments (`num_groups`,
+                `bit_widths`, ...).
+        """
+        layer = cls(
+            embedding.input_dim,
+            embedding.output_dim,
+            mask_zero=bool(embedding.mask_zero),
+            name=embedding.name,
+            dtype=embedding.dtype_policy,
+            **kwargs,
+        )
+        layer.build()
+        layer.set_table(embedding.embeddings)
+        return layer
 
     # ------------------------------------------------------------------- call
     def call(self, inputs: Any, training: bool | None = None) -> Any:
@@ -364,7 +471,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         outputs = quantizers.embedding_quantize(
             rows,
             quantizers.small_table_gather(self._search_weights(training), groups),
-            self._candidate_step_sizes(),
+            self.candidate_step_sizes(),
             self.offset,
             tf.gather(group_width_index, groups),
             self.precision_frozen > 0,
@@ -379,8 +486,16 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             self.add_loss(self._penalty())
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
 
-    def _candidate_step_sizes(self) -> tf.Tensor:
-        """One step size per candidate bit-width (1.0, unused, for a 0-bit one)."""
+    def candidate_step_sizes(self) -> tf.Tensor:
+        """One step size per candidate bit-width (1.0, unused, for a 0-bit one).
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(3, 2, bit_widths=(0, 2, 4))
+        >>> layer.set_quantizer([0.5, 0.125], [0.0, 0.0])
+        >>> layer.candidate_step_sizes().numpy().tolist()
+        [1.0, 0.5, 0.125]
+        """
         position = np.cumsum([b > 0 for b in self.bit_widths]) * [b > 0 for b in self.bit_widths]
         return tf.gather(tf.concat([[1.0], self.step_sizes], axis=0), position)
 
@@ -624,6 +739,28 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         if frequencies.any():  # given or adapted: a clone groups the ids the same way
             config["frequencies"] = frequencies.tolist()
         return config
+
+
+@contextlib.contextmanager
+def calls_routed(routes: Sequence[tuple[Any, Callable]]) -> Iterator[None]:
+    """Inside the block, each `(layer, call)` of `routes` runs `call` in place of its
+    own `call` (set on the instance with `object.__setattr__`, so that Keras tracks
+    nothing new, and removed when the block ends).
+
+    Example:
+
+    >>> layer = MixedPrecisionEmbedding(3, 2)
+    >>> with calls_routed([(layer, lambda inputs, **_: tf.zeros([1, 2]))]):
+    ...     layer(np.array([1])).numpy().tolist()
+    [[0.0, 0.0]]
+    """
+    for layer, call in routes:
+        object.__setattr__(layer, "call", call)
+    try:
+        yield
+    finally:
+        for layer, _ in routes:
+            object.__delattr__(layer, "call")
 
 
 def find_mixed_precision_layers(model: Any) -> list[MixedPrecisionEmbedding]:

@@ -15,7 +15,12 @@ import tensorflow as tf
 
 from keras_mpe import checks, metadata
 from keras_mpe.backend import ShardedVariable, keras, tf_variable
-from keras_mpe.embedding import RETRAIN, MixedPrecisionEmbedding, find_mixed_precision_layers
+from keras_mpe.embedding import (
+    RETRAIN,
+    MixedPrecisionEmbedding,
+    calls_routed,
+    find_mixed_precision_layers,
+)
 from keras_mpe.packed_embedding import PackedEmbedding
 
 
@@ -220,12 +225,12 @@ def _write_export(
     )
     if xla_model is not None:
         serve_xla = _serving_function(xla_model, xla_structure, jit_compile=True)
-        with _calls_routed_to(layers, twins):
+        with calls_routed(_to_twins(layers, twins)):
             compiles = _compiles(serve_xla)
         if compiles:
             module.serve_xla = serve_xla
             signatures["serving_xla"] = module.serve_xla
-    with _calls_routed_to(layers, twins):
+    with calls_routed(_to_twins(layers, twins)):
         read = _in_model_order(
             model, [v for f in signatures.values() for v in f.get_concrete_function().variables]
         )
@@ -348,22 +353,14 @@ def _named_specs(structure: Any) -> list[tuple[str, tf.TensorSpec]]:
     return named
 
 
-@contextlib.contextmanager
-def _calls_routed_to(
-    layers: list[MixedPrecisionEmbedding], twins: list[PackedEmbedding]
-) -> Iterator[None]:
-    """Makes each layer call its packed twin instead, while the serving functions trace.
-
-    Set with `object.__setattr__`, so that Keras does not track the twin as a sublayer.
-    The twin is inference-only: the `training` argument Keras passes is dropped.
-    """
-    for layer, twin in zip(layers, twins, strict=True):
-        object.__setattr__(layer, "call", lambda inputs, twin=twin, **_: twin.call(inputs))
-    try:
-        yield
-    finally:
-        for layer in layers:
-            object.__delattr__(layer, "call")
+def _to_twins(layers: list[MixedPrecisionEmbedding], twins: list[PackedEmbedding]) -> list:
+    """Routes for `calls_routed`: each layer calls its packed twin instead, while the
+    serving functions trace. The twin is inference-only: the `training` argument
+    Keras passes is dropped."""
+    return [
+        (layer, lambda inputs, twin=twin, **_: twin.call(inputs))
+        for layer, twin in zip(layers, twins, strict=True)
+    ]
 
 
 def _in_model_order(model: Any, variables: list[tf.Variable]) -> dict[int, tf.Variable]:

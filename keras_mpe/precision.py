@@ -12,9 +12,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_mpe import quantizers
+
 GROUP_FIELDS = 3  # first row, first word, bit-width: one uint32 each
 # a budget of R is met by a compression ratio in [R, TARGET_TOLERANCE * R]
 TARGET_TOLERANCE = 1.1
+# Rows per chunk when `group_errors` goes over a whole table.
+ERROR_CHUNK_ROWS = 65_536
 
 
 def selected_index(probabilities: Any) -> tf.Tensor:
@@ -126,6 +130,22 @@ def memory_report(
     }
 
 
+def check_reachable(layer: Any, target: float) -> None:
+    """Raises a ValueError if `layer` (a `MixedPrecisionEmbedding`) cannot reach the
+    compression ratio `target` even with every group at its lowest candidate width,
+    where only the overhead of its groups is left."""
+    lowest = np.full(layer.groups, min(layer.bit_widths))
+    best = layer.memory_report(lowest)["compression_ratio"]
+    if best < target:
+        raise ValueError(
+            f"`target_compression` {target} is out of reach for layer '{layer.name}' "
+            f"({layer.input_dim} x {layer.output_dim}): with every group at {lowest[0]} "
+            f"bits its compression is {best:.1f}x, the overhead of {layer.groups} groups "
+            f"alone. Pass a smaller `num_groups` or target. Received: "
+            f"target_compression={target!r}"
+        )
+
+
 def fit_to_budget(
     report: dict, candidates: Sequence[int], group_masses: np.ndarray, target: float
 ) -> np.ndarray:
@@ -172,3 +192,61 @@ def fit_to_budget(
                 break
             bits = higher
     return bits
+
+
+def group_errors(layer: Any) -> np.ndarray:
+    """Per group and candidate width, the frequency-weighted squared quantization
+    error of the layer's table at its step sizes and offset: `[groups, K]` float64.
+
+    A 0-bit width looks up zeros, so its error is the rows' squared norm.
+    """
+    frequencies = layer.frequencies.numpy().astype(np.float64)
+    id_to_group = layer.id_to_group.numpy()
+    step_sizes = layer.candidate_step_sizes().numpy()
+    offset = layer.offset.numpy()
+    errors = np.zeros((layer.groups, len(layer.bit_widths)))
+    for start in range(0, layer.input_dim, ERROR_CHUNK_ROWS):
+        stop = min(start + ERROR_CHUNK_ROWS, layer.input_dim)
+        rows = np.asarray(layer.embeddings[start:stop])
+        weight, groups = frequencies[start:stop], id_to_group[start:stop]
+        for k, bits in enumerate(layer.bit_widths):
+            quantized = quantizers.fake_quantize_numpy(rows, step_sizes[k], offset, bits)
+            squared = np.sum((quantized - rows) ** 2, axis=1)
+            errors[:, k] += np.bincount(groups, weights=weight * squared, minlength=layer.groups)
+    return errors
+
+
+def allocate_bits(layer: Any, target_compression: float) -> np.ndarray:
+    """Per-group bits from the table alone at a compression target (what `keras_mpe.convert`
+    does with `epochs=0`): the Lagrangian allocation of `group_errors` under the byte budget,
+    then `keras_mpe.precision.fit_to_budget`.
+
+    Returns int32 `[groups]` bits from the layer's candidates.
+    """
+    errors = group_errors(layer)
+    rows = np.bincount(layer.id_to_group.numpy(), minlength=layer.groups)
+    widths = np.asarray(layer.bit_widths)
+    cost = rows[:, None] * layer.output_dim * widths[None, :]  # payload bits
+
+    def bits_at(penalty: float) -> np.ndarray:
+        # ties go to the fewest bits
+        return widths[np.argmin(errors + penalty * cost, axis=1)]
+
+    def ratio(bits: np.ndarray) -> float:
+        return layer.memory_report(bits)["compression_ratio"]
+
+    check_reachable(layer, target_compression)
+    scale = max(float(errors.max()), 1e-30) / max(float(cost[cost > 0].min()), 1.0)
+    low, high = 0.0, scale
+    while ratio(bits_at(high)) < target_compression:
+        high *= 4.0
+    for _ in range(80):
+        middle = (low + high) / 2
+        if ratio(bits_at(middle)) >= target_compression:
+            high = middle
+        else:
+            low = middle
+    bits = bits_at(high).astype(np.int32)
+    return fit_to_budget(
+        layer.memory_report(bits), layer.bit_widths, layer.group_masses.numpy(), target_compression
+    )

@@ -18,9 +18,14 @@ estimates, with ``grad_scale`` multiplying the step-size and offset gradients::
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+# When a quantizer is fitted to a trained table, the step size of each width is the
+# best of these multiples of its initial step size (`initial_step_sizes`).
+FIT_STEP_MULTIPLES = np.geomspace(0.05, 4.0, 48)
 
 
 def lsq_grad_scale(bits: int, table_size: int) -> float:
@@ -34,6 +39,79 @@ def lsq_grad_scale(bits: int, table_size: int) -> float:
     if bits == 0:
         return 0.0
     return float(1.0 / np.sqrt(2.0 ** (bits - 1) * table_size))
+
+
+def initial_step_sizes(mean_abs: Any, bit_widths: Sequence[int]) -> Any:
+    """LSQ+'s initial step sizes `2 * mean|W| / sqrt(2**(b-1))` for non-zero `bit_widths`,
+    from a table's mean |value| (a number or a scalar tensor).
+
+    Example:
+
+    >>> initial_step_sizes(0.5, (1, 3)).tolist()
+    [1.0, 0.5]
+    """
+    bits = np.asarray(bit_widths, np.float64)
+    return mean_abs * (2.0 / np.sqrt(2.0 ** (bits - 1.0)))
+
+
+def fake_quantize_numpy(
+    rows: np.ndarray, step_size: float, offset: np.ndarray, bits: int
+) -> np.ndarray:
+    """The values of LSQ+ fake quantization (the formula above), in numpy.
+
+    Example:
+
+    >>> fake_quantize_numpy(np.array([[0.26, -9.0]]), 0.5, np.zeros(2), 2).tolist()
+    [[0.5, -1.0]]
+    """
+    if bits == 0:
+        return np.zeros_like(rows)
+    low, high = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return np.clip(np.round((rows - offset) / step_size), low, high) * step_size + offset
+
+
+def fit_to_rows(
+    rows: np.ndarray, mean_abs: float, bit_widths: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step sizes and an offset fitted to trained `rows` (a frequency-weighted sample
+    of a table whose mean |value| is `mean_abs`), in numpy.
+
+    For each non-zero width the step size is the multiple (from
+    `FIT_STEP_MULTIPLES`) of its initial step size with the least mean squared
+    quantization error over `rows`. The offset is 0 or the per-dimension mean of
+    `rows`, whichever gives the smaller sum over the widths of the log errors.
+
+    Returns:
+        `(step_sizes, offset)`: float64 `[nonzero widths]` and float `[D]`.
+
+    Example:
+
+    >>> rows = np.random.default_rng(0).normal(1.0, 0.1, size=(500, 2))
+    >>> steps, offset = fit_to_rows(rows, float(np.abs(rows).mean()), (0, 2, 4))
+    >>> steps.shape, bool(offset[0] > 0.9)
+    ((2,), True)
+    """
+    widths = [b for b in bit_widths if b > 0]
+    best = None
+    for offset in (np.zeros(rows.shape[1], np.float32), rows.mean(axis=0)):
+        steps, errors = [], []
+        for bits, initial in zip(widths, initial_step_sizes(mean_abs, widths), strict=True):
+            candidates = [
+                (
+                    float(
+                        np.mean((fake_quantize_numpy(rows, initial * m, offset, bits) - rows) ** 2)
+                    ),
+                    m,
+                )
+                for m in FIT_STEP_MULTIPLES
+            ]
+            error, multiple = min(candidates)
+            steps.append(initial * multiple)
+            errors.append(max(error, 1e-30))
+        score = float(np.sum(np.log(errors)))
+        if best is None or score < best[0]:
+            best = (score, np.asarray(steps, np.float64), offset)
+    return best[1], best[2]
 
 
 def quantization_range(bits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

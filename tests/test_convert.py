@@ -9,8 +9,8 @@ import tensorflow as tf
 import keras_mpe
 from keras_mpe import MixedPrecisionEmbedding
 from keras_mpe.backend import IS_KERAS_3, keras
-from keras_mpe.convert import ConversionError, allocate_bits, group_errors
-from keras_mpe.precision import TARGET_TOLERANCE, fit_to_budget
+from keras_mpe.convert import ConversionError
+from keras_mpe.precision import TARGET_TOLERANCE, allocate_bits, fit_to_budget, group_errors
 
 ROWS, FIELDS, VOCABULARY, ITEMS = 400, 3, 200, 150
 
@@ -338,7 +338,7 @@ def test_convert_errors_name_the_problem():
             keras_mpe.convert(model, data, **arguments)
     with pytest.raises(TypeError, match="`data` must be a batched tf.data.Dataset or a tuple"):
         keras_mpe.convert(model, ids, target_compression=4, epochs=0)
-    with pytest.raises(ValueError, match="out of reach for Embedding 'item_table'.*num_groups"):
+    with pytest.raises(ValueError, match="out of reach for layer 'item_table'.*num_groups"):
         keras_mpe.convert(model, data, target_compression=4, epochs=0)  # 128 groups
     inputs = keras.Input((FIELDS,), dtype="int32")
     table = keras.layers.Embedding(VOCABULARY, 8)

@@ -671,6 +671,57 @@ def test_adapt_after_freeze_is_refused():
     np.testing.assert_array_equal(layer.id_to_group.numpy(), before)
 
 
+def test_set_frequencies_groups_as_adapt_does_and_is_refused_after_freeze():
+    counted, given = _layer(6, 2, num_groups=3), _layer(6, 2, num_groups=3)
+    counted.adapt(np.array([5, 5, 5, 0, 0, 2]))
+    given.set_frequencies([2, 0, 1, 0, 0, 3])
+    np.testing.assert_array_equal(given.id_to_group.numpy(), counted.id_to_group.numpy())
+    np.testing.assert_array_equal(given.group_masses.numpy(), counted.group_masses.numpy())
+    with pytest.raises(ValueError, match=r"`frequencies` must have shape \(input_dim,\)"):
+        given.set_frequencies([1, 2])
+    given.freeze_precision([0, 2, 6])
+    with pytest.raises(ValueError, match="retrain state.*set_frequencies\\(\\)"):
+        given.set_frequencies([1] * 6)
+
+
+def test_set_table_assigns_it_and_its_mean_abs_is_the_offset_unit():
+    layer = _layer(3, 2)
+    table = np.array([[0.5, -1.0], [0.0, 2.0], [1.5, -1.0]], np.float32)
+    layer.set_table(table)
+    np.testing.assert_array_equal(layer.embeddings.numpy(), table)
+    assert float(layer.offset_scale.numpy()) == 1.0  # (0.5 + 1 + 0 + 2 + 1.5 + 1) / 6
+    with pytest.raises(ValueError, match=r"`table` must have shape \(3, 2\).*\(2, 2\)"):
+        layer.set_table(table[:2])
+    for bad in (np.zeros((3, 2)), np.full((3, 2), np.nan)):
+        with pytest.raises(ValueError, match="finite, non-zero mean"):
+            layer.set_table(bad)
+
+
+def test_set_quantizer_sets_the_step_sizes_and_offset_it_is_given():
+    layer = _layer(3, 2, bit_widths=(0, 2, 4), quantizer_learning_rate_scale=10.0)
+    layer.set_table(np.full((3, 2), 0.25, np.float32))
+    layer.set_quantizer([0.3, 0.02], [0.1, -0.05])
+    np.testing.assert_allclose(layer.step_sizes.numpy(), [0.3, 0.02], rtol=1e-6)
+    np.testing.assert_allclose(layer.offset.numpy(), [0.1, -0.05], rtol=1e-6)
+    np.testing.assert_allclose(layer.candidate_step_sizes().numpy(), [1.0, 0.3, 0.02], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"`step_sizes` must have shape \(2,\)"):
+        layer.set_quantizer([0.3], [0.0, 0.0])
+    with pytest.raises(ValueError, match="`step_sizes` must be > 0"):
+        layer.set_quantizer([0.3, -0.1], [0.0, 0.0])
+    with pytest.raises(ValueError, match=r"`offset` must be finite"):
+        layer.set_quantizer([0.3, 0.1], [0.0, np.inf])
+
+
+def test_from_embedding_keeps_shape_name_mask_and_table():
+    embedding = keras.layers.Embedding(7, 3, mask_zero=True, name="items")
+    embedding.build((None,))
+    layer = MixedPrecisionEmbedding.from_embedding(embedding, num_groups=2)
+    shape = (layer.input_dim, layer.output_dim)
+    assert shape == (7, 3) and layer.mask_zero and layer.name == "items"
+    np.testing.assert_array_equal(layer.embeddings.numpy(), np.asarray(embedding.embeddings))
+    assert layer.groups == 2
+
+
 def test_a_table_shared_by_two_inputs_adds_its_penalty_once():
     layer = MixedPrecisionEmbedding(50, 4, num_groups=5, bit_penalty=1.0, name="shared")
     first = keras.Input(shape=(2,), dtype="int32")
