@@ -1,6 +1,6 @@
 """keras_mpe: Mixed-Precision Embeddings for Keras and TensorFlow Recommenders."""
 
-from keras_mpe import optimizers
+from keras_mpe import datasets, optimizers
 from keras_mpe.callbacks import PrecisionSearch
 from keras_mpe.convert import ConversionError, convert
 from keras_mpe.embedding import MixedPrecisionEmbedding
@@ -18,6 +18,7 @@ __all__ = [
     "PrecisionSearch",
     "__version__",
     "convert",
+    "datasets",
     "export_saved_model",
     "inspect",
     "optimizers",

@@ -77,8 +77,7 @@ class PrecisionSearch(keras.callbacks.Callback):
     of R unless one group's step is larger than that. Monitor a metric rather than
     a loss with a target: the loss includes the changing penalty. Known limit: to
     reach a high target the penalty comes to outweigh the task's gradient for most
-    groups, and the allocation then follows the schedule more than the task (see
-    benchmarks/README.md).
+    groups, and the allocation then follows the schedule more than the task.
 
     **Layer keys.** Reports, log entries and TensorBoard tags name each layer by its
     `name`. Layers that share a name (an `"embedding"` in each of several nested

@@ -97,10 +97,8 @@ def convert(
       `retrain_epochs` (default `epochs`) epochs fine-tune at those bits.
 
     Why the search is not the default: a search of one or two epochs has too few
-    steps to learn an allocation from the task, and its result is below the
-    allocation from the trained table. On MovieLens-1M (3 seeds, one epoch, see
-    `benchmarks/results/convert-movielens-1m.md`) the default is above the search
-    at 8x, 16x and 32x, and the lower learning rate gains over the compiled one.
+    steps to learn an allocation from the task, and its result falls below the
+    allocation from the trained table.
     `train_other_layers=False` freezes every other layer (only the tables and their
     quantizers train; a frozen `BatchNormalization` runs in inference mode, as Keras
     runs any frozen one).
@@ -179,8 +177,8 @@ def convert(
             original's compile config (`model.get_compile_config()`).
         learning_rate: the fine-tuning learning rate, set on the copy's optimizer after
             compiling; default `FINE_TUNE_LEARNING_RATE_SCALE` times the compiled
-            one (left as it is when the compiled one is a schedule). The model starts
-            trained; the lower rate measured better (`benchmarks/results/convert-*.md`).
+            one (left as it is when the compiled one is a schedule): the model starts
+            trained, so it fine-tunes at a lower rate than it was trained at.
         monitor: what `PrecisionSearch` keeps the best epoch by; default
             `"val_loss"` with `validation_data`, else `"loss"`.
         batch_size: the batch size of `fit` and of counting when `data` is arrays.

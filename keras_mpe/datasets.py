@@ -817,7 +817,6 @@ def load_instacart(
         for column in columns
     }
     table["days_since_prior_order"][table["days_since_prior_order"] == ""] = "first"
-    table["user_x_product"] = np.char.add(np.char.add(table["user_id"], "x"), table["product_id"])
     labels = table["reordered"].astype(np.float32)[:, None]
     parts = _split_rows(len(rows), seed)
     ids, offset = [], 0

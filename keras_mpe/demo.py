@@ -279,31 +279,15 @@ def run_demo(
 
     step(f"loading data ({data})")
     ctr, synthetic = _load_data(data, smoke, say)
-    (x_train, y_train), validation, (x_test, y_test) = ctr.train, ctr.validation, ctr.test
-    fields = x_train.shape[1]
+    (x_train, y_train), validation = ctr.train, ctr.validation
     say(f"  data: {ctr.description}")
     say(
-        f"  {len(x_train)} train / {len(validation[0])} validation / {len(x_test)} test rows, "
-        f"{fields} fields, {ctr.vocabulary_size} ids, click rate {y_train.mean():.3f}"
+        f"  {len(x_train)} train / {len(validation[0])} validation / {len(ctr.test[0])} test "
+        f"rows, {x_train.shape[1]} fields, {ctr.vocabulary_size} ids, click rate "
+        f"{y_train.mean():.3f}"
     )
-
     step(f"[1/5] float32 baseline (keras.layers.Embedding), {2 * epochs} epochs")
-    keras.utils.set_random_seed(seed)
-    initializer = keras_mpe.MixedPrecisionEmbedding(1, 1).embeddings_initializer
-    embedding = keras.layers.Embedding(
-        ctr.vocabulary_size, embedding_dim, embeddings_initializer=initializer
-    )
-    baseline = ctr_model(embedding, fields)
-    compile_ctr(baseline)
-    baseline.fit(
-        x_train,
-        y_train,
-        batch_size=batch_size,
-        epochs=2 * epochs,
-        validation_data=validation,
-        verbose=0,
-    )
-    float_auc = float(baseline.evaluate(x_test, y_test, verbose=0, return_dict=True)["auc"])
+    float_auc = _float_baseline(ctr, 2 * epochs, embedding_dim, batch_size, seed)
     step(f"  float32 test AUC {float_auc:.4f}")
 
     step(f"[2/5] MPE at targets {', '.join(f'{t:g}x' for t in targets)}: search and retrain, "
@@ -311,18 +295,13 @@ def run_demo(
     sweep, models = [], []
     for target in targets:
         model, layer = _train_mpe(ctr, target, epochs, embedding_dim, batch_size, seed)
-        auc = float(model.evaluate(x_test, y_test, verbose=0, return_dict=True)["auc"])
+        auc = _test_auc(model, ctr)
         ratio = layer.memory_report()["compression_ratio"]
         sweep.append({"target": float(target), "auc": auc, "compression_ratio": ratio})
         models.append((model, layer))
         step(f"  target {target:g}x: {ratio:.1f}x, test AUC {auc:.4f} ({auc - float_auc:+.4f})")
-    within = [i for i, run in enumerate(sweep) if run["auc"] >= float_auc - tolerance]
-    if within:
-        kept = max(within, key=lambda i: sweep[i]["compression_ratio"])
-    else:
-        kept = max(range(len(sweep)), key=lambda i: sweep[i]["auc"])
+    kept, within = _kept_run(sweep, float_auc, tolerance)
     model, layer = models[kept]
-    mpe_auc = sweep[kept]["auc"]
     report = layer.memory_report()
 
     os.makedirs(output_dir, exist_ok=True)
@@ -331,16 +310,12 @@ def run_demo(
         f"[3/5] export_saved_model of the {report['compression_ratio']:.1f}x model -> {export_dir}"
     )
     keras_mpe.export_saved_model(model, export_dir, overwrite=True)
-    saved_bytes = directory_bytes(export_dir)
 
     step("[4/5] reloading the SavedModel in a fresh Python process (TensorFlow only)")
-    expected = model.predict(x_test, batch_size=4096, verbose=0)
-    with tempfile.TemporaryDirectory() as work_dir:
-        served = reload_in_fresh_process(os.path.abspath(export_dir), x_test, work_dir)
-    max_diff = float(np.abs(served - expected).max())
-    reload_ok = served.shape == expected.shape and max_diff <= 1e-5
+    max_diff = _served_difference(model, export_dir, ctr.test[0])
+    reload_ok = max_diff <= 1e-5
     step(
-        f"  served {len(served)} test rows; max |served - model| = {max_diff:.2e}: "
+        f"  served {len(ctr.test[0])} test rows; max |served - model| = {max_diff:.2e}: "
         + ("OK" if reload_ok else "MISMATCH")
     )
 
@@ -349,19 +324,97 @@ def run_demo(
     _plot_tradeoff(sweep, float_auc, tolerance, plots[0])
     keras_mpe.plot_precision(layer, plots[1])
 
-    seconds = time.perf_counter() - start
-    bits = np.bincount(report["group_bits"], minlength=max(layer.bit_widths) + 1)
-    label = "SYNTHETIC data" if synthetic else "MovieLens-100K"
+    figures = {
+        "data": data,
+        "synthetic": synthetic,
+        "float_auc": float_auc,
+        "sweep": sweep,
+        "kept_target": sweep[kept]["target"],
+        "within_tolerance": within,
+        "mpe_auc": sweep[kept]["auc"],
+        "compression_ratio": report["compression_ratio"],
+        "payload_compression_ratio": report["payload_compression_ratio"],
+        "average_bits": report["average_bits"],
+        "saved_model_bytes": directory_bytes(export_dir),
+        "float32_table_bytes": report["float32_bytes"],
+        "packed_table_bytes": report["total_bytes"],
+        "reload_max_abs_diff": max_diff,
+        "reload_ok": reload_ok,
+        "export_dir": export_dir,
+        "plots": plots,
+        "seconds": time.perf_counter() - start,
+    }
+    _print_summary(figures, ctr, report, epochs, tolerance, say)
+    return figures
+
+
+def _float_baseline(
+    ctr: CTRData, epochs: int, embedding_dim: int, batch_size: int, seed: int
+) -> float:
+    """Test AUC of the float32 model (`keras.layers.Embedding` with the initializer
+    `MixedPrecisionEmbedding` uses) after `epochs` epochs."""
+    keras.utils.set_random_seed(seed)
+    initializer = keras_mpe.MixedPrecisionEmbedding(1, 1).embeddings_initializer
+    embedding = keras.layers.Embedding(
+        ctr.vocabulary_size, embedding_dim, embeddings_initializer=initializer
+    )
+    baseline = ctr_model(embedding, ctr.train[0].shape[1])
+    compile_ctr(baseline)
+    baseline.fit(
+        *ctr.train,
+        batch_size=batch_size,
+        epochs=epochs,
+        validation_data=ctr.validation,
+        verbose=0,
+    )
+    return _test_auc(baseline, ctr)
+
+
+def _test_auc(model: Any, ctr: CTRData) -> float:
+    return float(model.evaluate(*ctr.test, verbose=0, return_dict=True)["auc"])
+
+
+def _kept_run(sweep: list[dict], float_auc: float, tolerance: float) -> tuple[int, bool]:
+    """The run to keep: the most compressed within `tolerance` of `float_auc`, else
+    the most accurate; and whether one was within."""
+    within = [i for i, run in enumerate(sweep) if run["auc"] >= float_auc - tolerance]
+    if within:
+        return max(within, key=lambda i: sweep[i]["compression_ratio"]), True
+    return max(range(len(sweep)), key=lambda i: sweep[i]["auc"]), False
+
+
+def _served_difference(model: Any, export_dir: str, ids: np.ndarray) -> float:
+    """max |SavedModel - model| over `ids`, the SavedModel served in a fresh process
+    (infinite if it served another shape)."""
+    expected = model.predict(ids, batch_size=4096, verbose=0)
+    with tempfile.TemporaryDirectory() as work_dir:
+        served = reload_in_fresh_process(os.path.abspath(export_dir), ids, work_dir)
+    if served.shape != expected.shape:
+        return float("inf")
+    return float(np.abs(served - expected).max())
+
+
+def _print_summary(
+    figures: dict,
+    ctr: CTRData,
+    report: dict,
+    epochs: int,
+    tolerance: float,
+    say: Callable[[str], None],
+) -> None:
+    float_auc, mpe_auc = figures["float_auc"], figures["mpe_auc"]
+    bits = np.bincount(report["group_bits"])
     say("")
+    label = "SYNTHETIC data" if figures["synthetic"] else "MovieLens-100K"
     say(f"=== keras-mpe demo summary ({label}) ===")
     say(f"data:                  {ctr.description}")
     say(f"test AUC float32:      {float_auc:.4f}  (keras.layers.Embedding, {2 * epochs} epochs)")
-    for run in sweep:
+    for run in figures["sweep"]:
         say(
             f"  MPE target {run['target']:>4g}x:    {run['auc']:.4f} at "
             f"{run['compression_ratio']:.1f}x ({run['auc'] - float_auc:+.4f})"
         )
-    if within:
+    if figures["within_tolerance"]:
         say(f"largest compression within {tolerance:g} AUC of float32: "
             f"{report['compression_ratio']:.1f}x (kept and exported)")  # fmt: skip
     else:
@@ -375,33 +428,14 @@ def run_demo(
         f"({report['payload_compression_ratio']:.1f}x payload only); table "
         f"{report['float32_bytes']:,} B float32 -> {report['total_bytes']:,} B packed"
     )
-    say(f"SavedModel size:       {saved_bytes:,} bytes on disk ({export_dir})")
+    say(f"SavedModel size:       {figures['saved_model_bytes']:,} bytes on disk "
+        f"({figures['export_dir']})")  # fmt: skip
     say(
-        f"reload check:          {'passed' if reload_ok else 'FAILED'} (fresh process without "
-        f"keras_mpe, max abs diff {max_diff:.2e})"
+        f"reload check:          {'passed' if figures['reload_ok'] else 'FAILED'} (fresh "
+        f"process without keras_mpe, max abs diff {figures['reload_max_abs_diff']:.2e})"
     )
-    say(f"plots:                 {', '.join(plots)}")
-    say(f"total time:            {seconds:.0f} s")
-    return {
-        "data": data,
-        "synthetic": synthetic,
-        "float_auc": float_auc,
-        "sweep": sweep,
-        "kept_target": sweep[kept]["target"],
-        "within_tolerance": bool(within),
-        "mpe_auc": mpe_auc,
-        "compression_ratio": report["compression_ratio"],
-        "payload_compression_ratio": report["payload_compression_ratio"],
-        "average_bits": report["average_bits"],
-        "saved_model_bytes": saved_bytes,
-        "float32_table_bytes": report["float32_bytes"],
-        "packed_table_bytes": report["total_bytes"],
-        "reload_max_abs_diff": max_diff,
-        "reload_ok": reload_ok,
-        "export_dir": export_dir,
-        "plots": plots,
-        "seconds": seconds,
-    }
+    say(f"plots:                 {', '.join(figures['plots'])}")
+    say(f"total time:            {figures['seconds']:.0f} s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -130,7 +130,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             `beta = s * offset_scale * relative_offset`: an adaptive optimizer moves
             `log(alpha)` and `beta / offset_scale` by about `s` times its learning
             rate per step. Defaults to 10, so that the step sizes can follow the
-            table's growth under Adam (the comparison is in benchmarks/README.md).
+            table's growth under Adam.
         search_forward: what a looked-up row is in the search state. `"sample"`
             (default): in training, each group's width is drawn from its softmax at
             every call (at the current temperature) and the row is quantized at that
@@ -140,8 +140,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             scores the allocation the search would hand over. `"expectation"`: the
             paper's `sum_k p_k Q_{b_k}(w)`, in training and outside it. Under the
             expectation a mix of 0 and 6 bits passes for a cheap precise value, and
-            the search can learn allocations that fail once frozen (measured in
-            benchmarks/README.md).
+            the search can learn allocations that fail once frozen.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Input shape:
@@ -427,7 +426,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         Example:
 
         >>> embedding = keras.layers.Embedding(10, 4, name="items")
-        >>> embedding.build()
+        >>> embedding.build((None,))
         >>> layer = MixedPrecisionEmbedding.from_embedding(embedding, num_groups=2)
         >>> layer.name, layer.groups
         ('items', 2)
