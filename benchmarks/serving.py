@@ -20,6 +20,18 @@ interleaved across methods. Printed, not asserted.
 
     python benchmarks/serving.py
     python benchmarks/serving.py --input_dims 100000 --repeats 5      # quick
+
+`--end_to_end` times whole exported models instead, as a server runs them: 26 id
+fields (one int32 `[batch, 26]` input) into one shared `V x D` table, flattened,
+then an MLP 256-128-1. The float32 model (`keras.layers.Embedding`) is exported with
+`model.export`; the MPE model (the same weights, its table frozen at the mix of 0..6
+bits above) with `keras_mpe.export_saved_model`. Both are loaded with
+`tf.saved_model.load` and called through their signatures (`serving_default`, and
+the MPE model's `serving_xla`), calls interleaved, medians of `--repeats`. It prints
+one line per (V, D, batch) and, with `--plot`, draws throughput against batch size.
+
+    python benchmarks/serving.py --end_to_end --input_dims 1e6 --dims 16 \
+        --batches 64,512,4096 --repeats 30 --plot serving-e2e.png
 """
 
 import argparse
@@ -82,6 +94,122 @@ def timed(function, batches, repeats: int) -> list[float]:
     return times
 
 
+def mlp_model(embedding, fields: int):
+    """`[batch, fields]` int32 ids -> `embedding` -> flatten -> MLP 256-128-1."""
+    inputs = keras.Input(shape=(fields,), dtype="int32", name="ids")
+    hidden = keras.layers.Flatten()(embedding(inputs))
+    for units in (256, 128):
+        hidden = keras.layers.Dense(units, activation="relu")(hidden)
+    return keras.Model(inputs, keras.layers.Dense(1)(hidden))
+
+
+def end_to_end_signatures(table: np.ndarray, rng: np.random.Generator, fields: int, path: str):
+    """The float32 model's `serving_default` and the MPE model's `serving_default`
+    and `serving_xla`, each a function of an int32 `[batch, fields]` batch, and the
+    packed table's memory report."""
+    input_dim, dim = table.shape
+    layer = frozen_layer(table, rng, permuted=False)
+    mpe = mlp_model(layer, fields)
+    float_embedding = keras.layers.Embedding(input_dim, dim)
+    float_model = mlp_model(float_embedding, fields)
+    float_embedding.embeddings.assign(table)
+    for source, target in zip(mpe.layers[2:], float_model.layers[2:], strict=True):
+        target.set_weights(source.get_weights())  # the same MLP
+    report = layer.memory_report()
+    float_model.export(f"{path}/float32", verbose=False)
+    keras_mpe.export_saved_model(mpe, f"{path}/mpe")
+    del layer, mpe, float_embedding, float_model
+    loaded = {name: tf.saved_model.load(f"{path}/{name}") for name in ("float32", "mpe")}
+
+    def call(model, signature):
+        function = loaded[model].signatures[signature]
+        return lambda ids: next(iter(function(ids=ids).values()))
+
+    functions = {
+        "float32": call("float32", "serving_default"),
+        "mpe serving_default": call("mpe", "serving_default"),
+        "mpe serving_xla": call("mpe", "serving_xla"),
+    }
+    return functions, report
+
+
+def end_to_end(args: argparse.Namespace) -> None:
+    """Times the exported float32 and MPE models over the grid of `args`."""
+    print(
+        f"end-to-end serving, TF {tf.__version__}, {args.fields} int32 id fields, one shared "
+        f"table, MLP 256-128-1; median ms of {args.repeats} interleaved calls; ratio = MPE "
+        "throughput / float32 throughput"
+    )
+    batches = [int(b) for b in args.batches.split(",")]
+    rows = []
+    for input_dim in (int(float(v)) for v in args.input_dims.split(",")):
+        for dim in (int(d) for d in args.dims.split(",")):
+            rng = np.random.default_rng(0)
+            table = rng.normal(scale=0.003, size=(input_dim, dim)).astype(np.float32)
+            with tempfile.TemporaryDirectory() as path:
+                functions, report = end_to_end_signatures(table, rng, args.fields, path)
+                del table
+                print(
+                    f"\nV={input_dim:.0e} D={dim}: packed {report['average_bits']:.2f} average "
+                    f"bits, {report['compression_ratio']:.1f}x smaller than float32"
+                )
+                print(
+                    f"  {'batch':>6s}"
+                    + "".join(f"{name:>22s}" for name in functions)
+                    + "   default/float32   xla/float32"
+                )
+                for batch in batches:
+                    inputs = [
+                        tf.constant(zipf_ids(rng, input_dim, (batch, args.fields)))
+                        for _ in range(4)
+                    ]
+                    for function in functions.values():  # warm up / compile
+                        timed(function, inputs, 3)
+                    times = {name: [] for name in functions}
+                    for _ in range(args.repeats):
+                        for name, function in functions.items():
+                            times[name] += timed(function, inputs, 1)
+                    ms = {name: 1e3 * float(np.median(values)) for name, values in times.items()}
+                    ratios = [
+                        ms["float32"] / ms[f"mpe {s}"] for s in ("serving_default", "serving_xla")
+                    ]
+                    rows.append((input_dim, dim, batch, ms, ratios))
+                    print(
+                        f"  {batch:6d}"
+                        + "".join(f"{ms[name]:20.3f}ms" for name in functions)
+                        + f"   {ratios[0]:15.2f}x   {ratios[1]:10.2f}x"
+                    )
+    if args.plot:
+        plot_end_to_end(rows, args.fields, args.plot)
+
+
+def plot_end_to_end(rows: list, fields: int, path: str) -> None:
+    """Examples per second against batch size, one panel per (V, D)."""
+    from keras_mpe.plotting import pyplot
+
+    plt = pyplot()
+    cases = sorted({(v, d) for v, d, *_ in rows})
+    figure, axes = plt.subplots(1, len(cases), figsize=(4 * len(cases), 3.5), squeeze=False)
+    for axis, (input_dim, dim) in zip(axes[0], cases, strict=True):
+        mine = [row for row in rows if row[:2] == (input_dim, dim)]
+        batches = [row[2] for row in mine]
+        for name in mine[0][3]:
+            axis.plot(
+                batches,
+                [b / row[3][name] * 1e3 for b, row in zip(batches, mine)],
+                marker="o",
+                label=name,
+            )
+        axis.set(
+            xscale="log", yscale="log", xlabel="batch size", title=f"V={input_dim:.0e}, D={dim}"
+        )
+    axes[0][0].set_ylabel(f"examples / s ({fields} ids each)")
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input_dims", default="100000,1000000")
@@ -90,7 +218,14 @@ def main() -> None:
     parser.add_argument("--fields", type=int, default=26)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--permuted", action="store_true", help="ids not frequency-ordered")
+    parser.add_argument("--end_to_end", action="store_true", help="whole exported models")
+    parser.add_argument("--dims", default="16", help="--end_to_end: embedding dimensions")
+    parser.add_argument("--batches", default="64,512,4096", help="--end_to_end: batch sizes")
+    parser.add_argument("--plot", default=None, help="--end_to_end: a PNG path to draw")
     args = parser.parse_args()
+    if args.end_to_end:
+        end_to_end(args)
+        return
 
     has_int4 = hasattr(keras.layers.Embedding, "quantize") and keras.__version__ >= "3"
     lookups = args.batch * args.fields

@@ -199,6 +199,22 @@ def test_serving_benchmark_runs_at_a_toy_size():
     )
 
 
+def test_packed_layout_prototype_decodes_like_numpy_at_a_toy_size():
+    """The script compares each prototype's rows (out-of-range ids included) with a
+    numpy decode of its layout before timing, and exits with an error if one differs."""
+    script = str(BENCHMARKS / "packed_layout_prototype.py")
+    arguments = ["--input_dims", "2000", "--dims", "8,24", "--batches", "8", "--repeats", "1"]
+    variants = ("format1", "stitch", "scatter", "tile", "matmul", "blocks")
+    output = _run([script, *arguments, "--format1"], legacy_keras=not IS_KERAS_3)
+    ratios = "".join(rf" +{name} {NUMBER} ms \({NUMBER}x\)" for name in variants)
+    for dim in (8, 24):
+        _assert_lines(
+            output, [rf"^V=2e\+03 D={dim} batch=8: float {NUMBER} ms \(1\.00x\){ratios}$"]
+        )
+    output = _run([script, *arguments, "--xla"], legacy_keras=not IS_KERAS_3)
+    _assert_lines(output, [rf"^V=2e\+03 D=24 batch=8: float .* select {NUMBER} ms"])
+
+
 def test_gpu_serving_check_says_when_there_is_no_gpu():
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is present: the check would run for real")
