@@ -43,6 +43,7 @@ import datetime
 import functools
 import os
 import platform
+import re
 import shlex
 import sys
 import tempfile
@@ -61,7 +62,14 @@ from keras_mpe.precision import fit_to_budget
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-DATA = ("synthetic", "movielens-100k", "movielens-1m", "instacart", "long-tail-synthetic")
+DATA = (
+    "synthetic",
+    "interactions",
+    "movielens-100k",
+    "movielens-1m",
+    "instacart",
+    "long-tail-synthetic",
+)
 
 
 @functools.cache
@@ -73,6 +81,8 @@ def load(name: str):
     """`(train, validation, test, vocabulary_size, description)` of a data set."""
     if name == "synthetic":
         data = synthetic_ctr(rows=200_000, fields=8, ids_per_field=5_000).ranked_by_frequency()
+    elif name == "interactions":
+        data = keras_mpe.datasets.synthetic_interactions()  # ranked by frequency already
     elif name == "long-tail-synthetic":
         data = planted_long_tail().data  # ids are ranked by train frequency already
     elif name == "instacart":
@@ -102,18 +112,33 @@ class DirectQuantizerEmbedding(keras_mpe.MixedPrecisionEmbedding):
     def offset(self):
         return tf.convert_to_tensor(self.relative_offset)
 
+    def _assign_step_sizes(self, step_sizes):
+        self.log_step_sizes.assign(step_sizes)
+
 
 class EpochReader(keras.callbacks.Callback):
-    """Evaluates the test split at each epoch end, to read the best-validation epoch."""
+    """Evaluates the test split at each epoch end, to read the best-validation epoch,
+    and records each MixedPrecisionEmbedding's clipped share (`clipped`, per epoch)."""
 
     def __init__(self, test):
         super().__init__()
         self.test = test
         self.rows = []
+        self.clipped = []
 
     def on_epoch_end(self, epoch, logs=None):
         test = self.model.evaluate(*self.test, batch_size=8192, verbose=0, return_dict=True)
         self.rows.append((logs["val_auc"], test["auc"], test["loss"]))
+        layers = keras_mpe.embedding.find_mixed_precision_layers(self.model)
+        if layers:
+            self.clipped.append(layers[0].clipped_share())
+        if os.environ.get("MPE_BENCH_VERBOSE"):
+            print(
+                f"  epoch {epoch}: val_auc {logs['val_auc']:.4f} test_auc {test['auc']:.4f}"
+                f" clipped {self.clipped[-1] if layers else float('nan'):.3f}"
+                + (f" steps {layers[0].step_sizes.numpy()}" if layers else ""),
+                flush=True,
+            )
 
     def best(self):
         return max(self.rows)[1:]
@@ -185,6 +210,7 @@ def run_method(
     mpe_bits: tuple[int, ...],
     planted=None,
     quantizer_scale: float | None = None,
+    quantizer_range: str | None = None,
 ) -> dict:
     train, validation, test, vocabulary, _ = data
     fields, dim = train[0].shape[1], 16
@@ -255,6 +281,8 @@ def run_method(
         layer_class, options, search = mpe_recipe(method, mpe_bits)
     if quantizer_scale is not None and layer_class is keras_mpe.MixedPrecisionEmbedding:
         options["quantizer_learning_rate_scale"] = quantizer_scale
+    if quantizer_range is not None:
+        search["quantizer_range"] = None if quantizer_range == "none" else quantizer_range
     layer = layer_class(vocabulary, dim, **options)
     layer.adapt(train[0])
     model = build(layer, fields)
@@ -362,6 +390,12 @@ def main() -> None:
         help="the layer's quantizer_learning_rate_scale in the runs that learn log step sizes",
     )
     parser.add_argument(
+        "--quantizer-range",
+        choices=("floor", "reset", "none"),
+        default=None,
+        help="PrecisionSearch's quantizer_range in the MPE and QAT runs (default: its own)",
+    )
+    parser.add_argument(
         "--mpe-bits", default="0,1,2,3,4,5,6", help="candidate bit-widths of the MPE runs"
     )
     parser.add_argument(
@@ -394,7 +428,11 @@ def main() -> None:
     methods += [f"{recipe}-target-{r}" for recipe in ("mpe", "paper") for r in targets]
     methods += [f"threshold-{r}" for r in targets]
     if args.only:
-        unknown = [m for m in args.only.split(",") if m not in methods and not is_recipe(m)]
+        unknown = [
+            m
+            for m in args.only.split(",")
+            if m not in methods and not is_recipe(m) and not re.fullmatch(r"qat-[1-8]bit", m)
+        ]
         if unknown:
             parser.error(
                 f"--only names unknown methods {unknown}; known: {methods}, and "
@@ -415,6 +453,7 @@ def main() -> None:
                 mpe_bits,
                 planted,
                 args.quantizer_scale,
+                args.quantizer_range,
             )
             for seed in range(args.seeds)
         ]

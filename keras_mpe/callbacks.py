@@ -24,6 +24,9 @@ PENALTY_UPDATES = 200
 PENALTY_FACTOR_RANGE = (0.8, 1.25)
 # The penalty a target starts from when the layer's own `bit_penalty` is 0.
 PENALTY_START = 1e-7
+# With `quantizer_range`, the step sizes are checked against the table every this many
+# steps.
+RANGE_STEPS = 50
 STATE_FILE = "precision_search_state.npz"
 INITIAL_TABLES_FILE = "precision_search_initial_tables.npz"
 PARTIAL_SUFFIX = ".partial"
@@ -167,6 +170,7 @@ class PrecisionSearch(keras.callbacks.Callback):
         backup_dir: str | None = None,
         log_dir: str | None = None,
         verbose: int = 1,
+        quantizer_range: str | None = "floor",
     ) -> None:
         super().__init__()
         if not isinstance(monitor, str) or not monitor:
@@ -202,7 +206,14 @@ class PrecisionSearch(keras.callbacks.Callback):
         self.backup_dir = backup_dir
         self.log_dir = log_dir
         self.verbose = verbose
+        if quantizer_range not in (None, "floor", "reset"):
+            raise ValueError(
+                "`quantizer_range` must be None, 'floor' or 'reset'. "
+                f"Received: quantizer_range={quantizer_range!r}"
+            )
+        self.quantizer_range = quantizer_range
         self.reports: dict[str, dict] = {}
+        self.clipped_shares: dict[str, list[np.ndarray]] = {}
         self.best_epoch: int | None = None
 
     # ------------------------------------------------------------------ start
@@ -286,6 +297,9 @@ class PrecisionSearch(keras.callbacks.Callback):
             self._stop_on_non_finite(f"the loss is {float(logs['loss'])} at batch {batch}")
         if not self._monitor_checked:
             self._check_monitor_is_logged(logs)
+        if self.quantizer_range is not None and (batch + 1) % RANGE_STEPS == 0:
+            for layer in self._layers:
+                layer.raise_step_sizes(reset=self.quantizer_range == "reset")
         if self.target_compression is None:
             return
         total = self._epochs * self._steps if self._steps else PENALTY_UPDATES
@@ -345,6 +359,8 @@ class PrecisionSearch(keras.callbacks.Callback):
             for key, layer in zip(self._keys, self._layers, strict=True)
         }
         logs.update(_log_entries(self._layers, reports))
+        for key, layer in zip(self._keys, self._layers, strict=True):
+            self.clipped_shares.setdefault(key, []).append(layer.clipped_shares())
         if self.target_compression is not None and not self._implements_train_batch_hooks():
             for layer in self._layers:
                 self._steer_penalty(layer)
@@ -582,12 +598,21 @@ def _log_entries(layers: list[MixedPrecisionEmbedding], reports: dict[str, dict]
         )
         / values,
         "mpe_compression": float32_bytes / sum(r["total_bytes"] for r in reports.values()),
+        "mpe_clipped": _clipped_share(layers),
     }
     if len(layers) > 1:
-        for key, report in reports.items():
+        for (key, report), layer in zip(reports.items(), layers, strict=True):
             entries[f"mpe_avg_bits_{key}"] = report["average_bits"]
             entries[f"mpe_compression_{key}"] = report["compression_ratio"]
+            entries[f"mpe_clipped_{key}"] = layer.clipped_share()
     return entries
+
+
+def _clipped_share(layers: list[MixedPrecisionEmbedding]) -> float:
+    """The share of the looked-up values beyond the clip over all `layers`: each
+    layer's `clipped_share()` weighted by its lookups times its `output_dim`."""
+    weights = [float(np.sum(layer._lookup_weights())) * layer.output_dim for layer in layers]
+    return float(np.dot([layer.clipped_share() for layer in layers], weights) / sum(weights))
 
 
 def _layer_keys(model: Any, layers: list[MixedPrecisionEmbedding]) -> list[str]:
