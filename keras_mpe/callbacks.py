@@ -1,17 +1,14 @@
 """`PrecisionSearch`: the MPE search phase as a Keras callback."""
 
-import hashlib
 import importlib.util
-import json
 import math
 import os
-import zipfile
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import checks, precision
+from keras_mpe import checks, precision, search_backup
 from keras_mpe.backend import keras
 from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding, find_mixed_precision_layers
 
@@ -24,12 +21,6 @@ PENALTY_UPDATES = 200
 PENALTY_FACTOR_RANGE = (0.8, 1.25)
 # The penalty a target starts from when the layer's own `bit_penalty` is 0.
 PENALTY_START = 1e-7
-# With `quantizer_range`, the step sizes are checked against the table every this many
-# steps.
-RANGE_STEPS = 50
-STATE_FILE = "precision_search_state.npz"
-INITIAL_TABLES_FILE = "precision_search_initial_tables.npz"
-PARTIAL_SUFFIX = ".partial"
 
 
 class PrecisionSearch(keras.callbacks.Callback):
@@ -203,7 +194,9 @@ class PrecisionSearch(keras.callbacks.Callback):
         self.rewind = bool(rewind)
         self.target_compression = target_compression
         self.initial_temperature = initial_temperature
-        self.backup_dir = backup_dir
+        self.backup_dir = (
+            None if backup_dir is None else checks.local_path("backup_dir", backup_dir)
+        )
         self.log_dir = log_dir
         self.verbose = verbose
         if quantizer_range not in (None, "floor", "reset"):
@@ -419,11 +412,7 @@ class PrecisionSearch(keras.callbacks.Callback):
         self._initial_tables = []
         self._reset_optimizer()
         if self.backup_dir is not None and self._writes_files():
-            for name in (STATE_FILE, INITIAL_TABLES_FILE):
-                path = os.path.join(self.backup_dir, name)
-                for leftover in (path, path + PARTIAL_SUFFIX):
-                    if os.path.exists(leftover):
-                        os.remove(leftover)
+            search_backup.remove(self.backup_dir)
         if self.verbose:
             print(self.summary())
 
@@ -472,112 +461,53 @@ class PrecisionSearch(keras.callbacks.Callback):
         return "\n".join(lines)
 
     # ------------------------------------------------------------ resumption
-    def _save_backup(self) -> None:
-        os.makedirs(self.backup_dir, exist_ok=True)
-        tables = os.path.join(self.backup_dir, INITIAL_TABLES_FILE)
-        if not os.path.exists(tables):
-            _save_npz(tables, {f"{i}": t for i, t in enumerate(self._initial_tables)})
-        arrays = {
-            f"{i}/{name}": value
-            for i, state in enumerate(self._best_states)
-            for name, value in state.items()
-        }
-        arrays["best_value"] = np.float64(self._best_value)
-        arrays["best_epoch"] = np.int64(self.best_epoch)
-        arrays["model"] = np.array(json.dumps(self._backup_identity()))
-        _save_npz(os.path.join(self.backup_dir, STATE_FILE), arrays)
-
     def _backup_identity(self) -> dict:
-        """What a backup belongs to: per layer its key, shape, candidate bits and
-        fingerprints of its frequency groups and of its initial table."""
-        return {
-            "layers": [
+        """What a backup belongs to (`keras_mpe.search_backup.identity`)."""
+        return search_backup.identity(
+            [
                 {
                     "layer": key,
                     "shape": [int(layer.input_dim), int(layer.output_dim)],
                     "bit_widths": [int(b) for b in layer.bit_widths],
-                    "groups": _fingerprint(layer.id_to_group.numpy()),
+                    "groups": search_backup.fingerprint(layer.id_to_group.numpy()),
                     "initial_table": table,
                 }
                 for key, layer, table in zip(
                     self._keys, self._layers, self._table_fingerprints, strict=True
                 )
             ]
-        }
+        )
+
+    def _save_backup(self) -> None:
+        backup = search_backup.SearchBackup(
+            self._best_value, self.best_epoch, self._best_states, self._initial_tables
+        )
+        search_backup.save(self.backup_dir, self._backup_identity(), backup)
 
     def _restore_backup(self) -> None:
-        """Resumes from a backup in `backup_dir`, after checking that it is complete,
-        readable and this search's own: same layers (keys, shapes, candidate bits,
-        frequency groups), and initial tables that are this model's, unless the model
-        has already been trained (restored, e.g. by `BackupAndRestore`)."""
-        self._table_fingerprints = [_fingerprint(table) for table in self._initial_tables]
-        state_path, tables_path = (
-            os.path.join(self.backup_dir, name) for name in (STATE_FILE, INITIAL_TABLES_FILE)
-        )
-        present = [os.path.exists(path) for path in (state_path, tables_path)]
-        if not any(present):
-            return
-        if not all(present):
-            found, missing = (STATE_FILE, INITIAL_TABLES_FILE)[:: 1 if present[0] else -1]
-            self._backup_error(
-                f"it holds {found} but not {missing}, so the backup is incomplete (a run "
-                "stopped while writing it, or a file was removed)"
-            )
-        stored = self._read_backup_file(state_path)
-        if "model" not in stored:
-            self._backup_error(
-                f"{STATE_FILE} does not say which model it belongs to (an older keras_mpe "
-                "wrote it)"
-            )
-        found = json.loads(str(stored["model"]))
-        expected = self._backup_identity()
-        if _without_tables(found) != _without_tables(expected):
-            self._backup_error(
-                f"it holds the search of other layers: {_describe(found)}; this model "
-                f"has {_describe(expected)}"
-            )
-        tables = self._read_backup_file(tables_path)
-        initial_tables = [tables.get(f"{i}") for i in range(len(self._layers))]
-        fingerprints = [None if t is None else _fingerprint(t) for t in initial_tables]
-        if fingerprints != [layer["initial_table"] for layer in found["layers"]]:
-            self._backup_error(
-                f"{INITIAL_TABLES_FILE} does not hold the initial tables that {STATE_FILE} "
-                "records (their fingerprints differ): the files come from different "
-                "searches, or one is damaged"
-            )
-        trained = int(self.model.optimizer.iterations.numpy()) > 0
-        if fingerprints != self._table_fingerprints and not trained:
-            self._backup_error(
-                "it was written by a search whose initial tables differ from this "
-                "model's, and this model has not been trained yet (its optimizer has "
-                "taken no step), so this is a new search. To resume instead, build the "
-                "model as before (same seed), or list `BackupAndRestore` before "
-                "PrecisionSearch in `callbacks` so that it restores the model first"
-            )
-        self._initial_tables = initial_tables
-        self._table_fingerprints = fingerprints
-        self._best_value = float(stored["best_value"])
-        self.best_epoch = int(stored["best_epoch"])
-        self._best_states = [
-            {name: stored[f"{i}/{name}"] for name in _precision_state(layer)}
-            for i, layer in enumerate(self._layers)
+        """Resumes from the backup in `backup_dir`, if there is one and it is this
+        search's own (`keras_mpe.search_backup.load` checks it all)."""
+        self._table_fingerprints = [
+            search_backup.fingerprint(table) for table in self._initial_tables
         ]
-
-    def _read_backup_file(self, path: str) -> dict[str, np.ndarray]:
-        try:
-            with np.load(path) as stored:
-                return {name: stored[name] for name in stored.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            self._backup_error(
-                f"{os.path.basename(path)} cannot be read ({type(error).__name__}: "
-                f"{error}); it is truncated or damaged"
-            )
-
-    def _backup_error(self, problem: str) -> None:
-        raise ValueError(
-            f"PrecisionSearch cannot resume from backup_dir={self.backup_dir!r}: {problem}. "
-            f"To start a fresh search, delete {self.backup_dir} or pass another backup_dir."
+        backup = search_backup.load(
+            self.backup_dir,
+            self._backup_identity(),
+            [
+                {name: value.shape for name, value in _precision_state(layer).items()}
+                for layer in self._layers
+            ],
+            trained=int(self.model.optimizer.iterations.numpy()) > 0,
         )
+        if backup is None:
+            return
+        self._initial_tables = backup.initial_tables
+        self._table_fingerprints = [
+            search_backup.fingerprint(table) for table in self._initial_tables
+        ]
+        self._best_value = backup.best_value
+        self.best_epoch = backup.best_epoch
+        self._best_states = backup.best_states
 
 
 def _selection(layer: MixedPrecisionEmbedding) -> np.ndarray:
@@ -646,34 +576,3 @@ def _precision_state(layer: MixedPrecisionEmbedding) -> dict[str, np.ndarray]:
         "log_step_sizes": layer.log_step_sizes.numpy(),
         "relative_offset": layer.relative_offset.numpy(),
     }
-
-
-def _save_npz(path: str, arrays: dict) -> None:
-    """Writes `arrays` to `path` atomically: to a file beside it, flushed to disk, then
-    renamed over it (a crash leaves the old file and at most a `.partial` one)."""
-    partial = path + PARTIAL_SUFFIX
-    with open(partial, "wb") as file:
-        np.savez(file, **arrays)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
-
-
-def _fingerprint(array: np.ndarray) -> str:
-    """sha256 of an array's bytes."""
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def _without_tables(identity: dict) -> list[dict]:
-    return [
-        {key: value for key, value in layer.items() if key != "initial_table"}
-        for layer in identity["layers"]
-    ]
-
-
-def _describe(identity: dict) -> str:
-    return "; ".join(
-        f"'{layer['layer']}' {layer['shape'][0]} x {layer['shape'][1]}, bits "
-        f"{layer['bit_widths']}, groups {layer['groups'][:12]}"
-        for layer in identity["layers"]
-    )

@@ -4,6 +4,8 @@ Each check raises with the argument's name, the value received and what is expec
 and returns the value in the form the caller stores.
 """
 
+import os
+import re
 from typing import Any
 
 import numpy as np
@@ -152,3 +154,41 @@ def int_array(name: str, value: Any, shape: tuple[int, ...], low: int, high: int
             f"`{name}` values must be in [{low}, {high}]. Received {name}[{index}]={array[index]}."
         )
     return array.astype(np.int64)
+
+
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def local_path(name: str, value: Any) -> str:
+    """`value` as an absolute local path, symlinks followed, for a writer.
+
+    Every keras_mpe writer (the export, the search's backup, plots, the demo) takes
+    its path through this check. An empty path would stand for the working
+    directory, and a remote URL (`gs://...`) would be written on the local disk as
+    `./gs:/...`: both are refused by name. A symlink is followed, so what is
+    written replaces the target's contents and the link stays a link.
+
+    >>> local_path("export_dir", "")
+    Traceback (most recent call last):
+    ...
+    ValueError: `export_dir` must be a non-empty local path. Received: export_dir=''
+    >>> local_path("export_dir", "gs://bucket/model")
+    Traceback (most recent call last):
+    ...
+    ValueError: `export_dir` must be a local path; remote URLs are not written to. \
+Received: export_dir='gs://bucket/model'. Write locally, then copy the directory.
+    """
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(
+            f"`{name}` must be a path (str or os.PathLike). "
+            f"Received: {name}={value!r} (of type {type(value).__name__})"
+        )
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path.strip() or "\0" in path:
+        raise ValueError(f"`{name}` must be a non-empty local path. Received: {name}={value!r}")
+    if _URL_SCHEME.match(path):
+        raise ValueError(
+            f"`{name}` must be a local path; remote URLs are not written to. "
+            f"Received: {name}={value!r}. Write locally, then copy the directory."
+        )
+    return os.path.realpath(path)

@@ -9,7 +9,8 @@ Subcommands:
   file, and exits with code 1.
 - `keras-mpe demo [--smoke] [...]`: the end-to-end demo (see `keras_mpe.demo`).
 - `keras-mpe convert MODEL DATA OUT [--target-compression R] [--epochs E] [...]`:
-  `keras_mpe.convert` of a trained model saved with `model.save` (`.keras`) on the
+  `keras_mpe.convert` of a trained model saved with `model.save` (`.keras` only,
+  loaded in safe mode: other formats can run code stored in them) on the
   arrays of an `.npz` file (`y`, the labels, and the inputs: one array, or one per
   named model input), exported with `keras_mpe.export_saved_model` to `OUT`; prints
   each table's compression. Bad input prints one line, `keras-mpe convert: error:
@@ -18,10 +19,13 @@ Subcommands:
 
 import argparse
 import json
+import os
 import sys
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
+from keras_mpe import checks
 from keras_mpe.inspection import inspect
 
 
@@ -93,7 +97,6 @@ def _convert_command(args: argparse.Namespace) -> int:
     import numpy as np
 
     import keras_mpe
-    from keras_mpe.backend import keras
     from keras_mpe.embedding import find_mixed_precision_layers
 
     def arrays(path: str) -> tuple[Any, np.ndarray]:
@@ -108,7 +111,8 @@ def _convert_command(args: argparse.Namespace) -> int:
         return (next(iter(found.values())) if len(found) == 1 else found), labels
 
     try:
-        model = keras.models.load_model(args.model)
+        checks.local_path("OUT", args.out)  # before any work: "" would be the cwd
+        model = _load_keras_file(args.model)
         data = arrays(args.data)
         validation = arrays(args.validation) if args.validation else None
         converted = keras_mpe.convert(
@@ -135,6 +139,24 @@ def _convert_command(args: argparse.Namespace) -> int:
         )
     print(f"exported to {args.out}")
     return 0
+
+
+def _load_keras_file(path: str) -> Any:
+    """The model in a `.keras` file, loaded in safe mode: the one format whose loading
+    runs no code stored in the file (an `.h5` file or a SavedModel may carry a
+    `Lambda`'s bytecode, which tf-keras runs as it loads them)."""
+    from keras_mpe.backend import keras
+
+    if not os.path.isfile(path):
+        raise ValueError(f"MODEL {path!r} is not a file.")
+    if not (path.endswith(".keras") and zipfile.is_zipfile(path)):
+        raise ValueError(
+            f"MODEL must be a `.keras` file (the zip that `model.save('model.keras')` "
+            f"writes), which is loaded in safe mode. Received: {path!r}. Other formats "
+            "(.h5, SavedModel) can carry code that runs as they load: re-save the "
+            "model as `.keras` where it was trained."
+        )
+    return keras.models.load_model(path, safe_mode=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         "arrays of an .npz file (`y`: labels; the inputs: one array, or one per named "
         "model input), exported as a packed SavedModel.",
     )
-    convert_parser.add_argument("model", metavar="MODEL", help="the trained model (.keras)")
+    convert_parser.add_argument(
+        "model", metavar="MODEL", help="the trained model (.keras; loaded in safe mode)"
+    )
     convert_parser.add_argument("data", metavar="DATA", help="the training data (.npz)")
     convert_parser.add_argument("out", metavar="OUT", help="the SavedModel directory to write")
     convert_parser.add_argument(

@@ -180,6 +180,32 @@ def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     return words
 
 
+def unpack_bits(words: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """The first `count` values of `bits` bits each in `words`, as `pack_bits` laid
+    them out; uint32.
+
+    Example:
+
+    >>> unpack_bits(pack_bits(np.array([1, 2, 3]), 2), 2, 3)
+    array([1, 2, 3], dtype=uint32)
+    """
+    if not checks.is_int(bits) or not 1 <= bits <= 32:
+        raise ValueError(f"`bits` must be an integer in [1, 32]. Received: bits={bits!r}")
+    if words.size * 32 < count * bits:
+        raise ValueError(
+            f"`words` holds {words.size} words; {count} values of {bits} bits need "
+            f"{-(-count * bits // 32)}."
+        )
+    spare = np.append(words, 0).astype(np.uint64)  # the last value's next word
+    values = np.empty(count, np.uint32)
+    for start in range(0, count, _PACK_CHUNK):
+        position = np.arange(start, min(count, start + _PACK_CHUNK), dtype=np.uint64) * bits
+        word, shift = position // 32, position % 32
+        pair = spare[word] | (spare[word + 1] << np.uint64(32))
+        values[start : start + word.size] = (pair >> shift) & np.uint64(2**bits - 1)
+    return values
+
+
 def pack_table(
     table: Any,
     step_sizes: Any,

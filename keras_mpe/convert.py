@@ -437,7 +437,8 @@ def _clone_graph_model(model: Any, chosen: list, options: dict, pairs: list) -> 
         if isinstance(layer, keras.Model) and _is_graph_model(layer):
             return keras.models.clone_model(layer, clone_function=clone)
         new = layer.__class__.from_config(layer.get_config())
-        copied.append((layer, new))
+        if isinstance(layer, keras.layers.Layer):  # not an op such as a mask's NotEqual
+            copied.append((layer, new))
         return new
 
     copy = keras.models.clone_model(model, clone_function=clone)
@@ -559,6 +560,11 @@ def _first_features(data: Any) -> Any:
 def _feature_batches(data: Any, batch_size: int):
     """`data`'s features, batch by batch."""
     if isinstance(data, tf.data.Dataset):
+        if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            raise ValueError(
+                "`data` is an infinite tf.data.Dataset (it repeats), and convert counts "
+                "the ids over one pass of the data. Pass the dataset without `.repeat()`."
+            )
         for element in data:
             yield element[0] if isinstance(element, tuple) else element
         return
@@ -753,7 +759,16 @@ def _set_learning_rate(optimizer: Any, learning_rate: float | None) -> None:
 def _fit(
     model: Any, data: Any, batch_size: int | None, epochs: int, callbacks: list, options: dict
 ) -> None:
+    """Trains `model`, and refuses weights that training made non-finite."""
     if isinstance(data, tf.data.Dataset):
         model.fit(data, epochs=epochs, callbacks=callbacks, **options)
     else:
         model.fit(*data, batch_size=batch_size, epochs=epochs, callbacks=callbacks, **options)
+    for variable in model.trainable_variables:
+        if not np.isfinite(np.asarray(variable)).all():
+            name = getattr(variable, "path", variable.name)  # Keras 3: the full path
+            raise ConversionError(
+                f"Fine-tuning made {name} non-finite (the loss became NaN or infinite): "
+                "check `data` for NaN or infinite labels and features, or lower "
+                "`learning_rate`."
+            )

@@ -270,6 +270,7 @@ def run_demo(
             f"`targets` must be compression ratios, each > 1. Received: targets={targets!r}"
         )
     checks.positive_float("tolerance", tolerance, allow_zero=True)
+    output_dir = checks.local_path("output_dir", output_dir)
     start = time.perf_counter()
     epochs = epochs if epochs is not None else (1 if smoke else 3)
 

@@ -39,6 +39,17 @@ class EmbeddingShapes:
         shape = tuple(input_shape) + (self.output_dim,)
         return shape if IS_KERAS_3 else tf.TensorShape(shape)
 
+    @staticmethod
+    def _rows_of(inputs: Any, look_up: Any) -> Any:
+        """`look_up(ids)` over the ids of `inputs`, taken as `keras.layers.Embedding`
+        takes them: a `tf.RaggedTensor` gives a `tf.RaggedTensor` of rows, and a
+        `tf.SparseTensor` is made dense first (its missing entries are id 0)."""
+        if isinstance(inputs, tf.RaggedTensor):
+            return inputs.with_flat_values(look_up(inputs.flat_values))
+        if isinstance(inputs, tf.SparseTensor):
+            inputs = tf.sparse.to_dense(inputs)
+        return look_up(inputs)
+
 
 @keras.utils.register_keras_serializable(package="keras_mpe")
 class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
@@ -456,7 +467,10 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         self.group_masses.assign(masses)
 
     # ------------------------------------------------------------------- call
-    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        return self._rows_of(inputs, lambda ids: self._look_up(ids, training))
+
+    def _look_up(self, inputs: tf.Tensor, training: bool | None) -> tf.Tensor:
         ids, valid = lookup.ids_in_range(
             lookup.integer_ids(inputs, self.input_dim), self.input_dim
         )
@@ -568,7 +582,14 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
                 current one (`PrecisionSearch` selects at the final one).
 
         Returns int32 `[groups]`.
+
+        >>> MixedPrecisionEmbedding(8, 2, num_groups=2).select_group_bits(temperature=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `temperature` must be a finite number > 0. Received: temperature=0
         """
+        if temperature is not None:
+            temperature = checks.positive_float("temperature", temperature)
         self._build_if_needed()
         index = precision.selected_index(self._probabilities(temperature)).numpy()
         return np.asarray(self.bit_widths, np.int32)[index]

@@ -1,15 +1,19 @@
 """SavedModel export of models whose MixedPrecisionEmbedding tables are packed."""
 
 import contextlib
+import ctypes
+import errno
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
 
-from keras_mpe import metadata
+from keras_mpe import checks, metadata
 from keras_mpe.backend import ShardedVariable, keras, tf_variable
 from keras_mpe.embedding import RETRAIN, MixedPrecisionEmbedding, find_mixed_precision_layers
 from keras_mpe.packed_embedding import PackedEmbedding
@@ -74,42 +78,120 @@ def export_saved_model(
                 "(`PrecisionSearch`) or call `layer.freeze_precision()` first."
             )
     structure = _input_structure(model, input_signature)
-    if os.path.exists(export_dir):
-        if not os.path.isdir(export_dir):
+    target = checks.local_path("export_dir", export_dir)
+    overwrite = checks.boolean("overwrite", overwrite)
+    if os.path.exists(target):
+        if not os.path.isdir(target):
             raise FileExistsError(
                 f"`export_dir` {export_dir!r} is a file; the export is a directory. "
                 "Choose another path."
             )
-        if os.listdir(export_dir) and not overwrite:
+        if os.listdir(target) and not overwrite:
             raise FileExistsError(
                 f"`export_dir` {export_dir!r} is not empty. Pass `overwrite=True` to "
                 "replace it (once the new export is complete), or choose another directory."
             )
-    with _written_in_place_of(export_dir) as staging:
+    with _written_in_place_of(target, overwrite) as staging:
         _write_export(model, layers, structure, input_signature, staging)
 
 
+_STAGING = re.compile(r"^\.(?P<name>.+)\.writing-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
 @contextlib.contextmanager
-def _written_in_place_of(export_dir: str) -> Iterator[str]:
-    """A fresh directory beside `export_dir` to write into; moved into place only when
-    the writing completes, so that a failed or interrupted export never leaves a
-    partial `export_dir`, nor removes the export it was to replace."""
-    target = os.path.abspath(export_dir)
+def _written_in_place_of(target: str, overwrite: bool) -> Iterator[str]:
+    """A fresh directory beside `target` to write into, put in its place only once the
+    writing completes: a failed or interrupted export never leaves a partial
+    `target`, nor removes the export it was to replace.
+
+    The staging directory, `.<name>.writing-<host>-<pid>-<token>`, is made with
+    `os.mkdir`, so the export's permissions follow the umask; one that a killed
+    export left behind is removed by the next export to the same path. The commit
+    removes nothing that this export did not create: without `overwrite` it is a
+    rename, which fails if another writer filled `target` meanwhile; with it, an
+    atomic exchange of the two directories (`renameat2`), after which the staging
+    name holds the replaced export, removed last.
+    """
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{name}.writing-", dir=parent)
+    _remove_stale_staging(parent, name)
+    staging = os.path.join(
+        parent, f".{name}.writing-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    )
+    os.mkdir(staging)
     try:
         yield staging
+        if overwrite and os.path.isdir(target) and os.listdir(target):
+            _exchange(staging, target)  # staging now holds the replaced export
+            shutil.rmtree(staging)
+        else:
+            _rename_unless_filled(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if os.path.isdir(target) and os.listdir(target):
-        replaced = tempfile.mkdtemp(prefix=f".{name}.replaced-", dir=parent)
-        os.replace(target, os.path.join(replaced, name))
-        os.replace(staging, target)
-        shutil.rmtree(replaced)
-    else:
-        os.replace(staging, target)
+
+
+def _rename_unless_filled(staging: str, target: str) -> None:
+    """Renames `staging` to `target`, which may be missing or an empty directory;
+    refuses when another writer has filled `target` since the export began."""
+    try:
+        os.rename(staging, target)
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise FileExistsError(
+            f"`export_dir` {target!r} was filled by another writer while this export "
+            "ran; it is left as that writer made it. Pass `overwrite=True` to replace "
+            "it, or choose another directory."
+        ) from error
+
+
+def _exchange(staging: str, target: str) -> None:
+    """Swaps two directories in one step (Linux `renameat2(RENAME_EXCHANGE)`), so that
+    `target` is never missing; elsewhere two renames, the first undone if the second
+    fails or is interrupted."""
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        at_cwd, exchange = -100, 2
+        if renameat2(at_cwd, os.fsencode(staging), at_cwd, os.fsencode(target), exchange) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL):  # not: unsupported here
+            raise OSError(code, os.strerror(code), target)
+    aside = staging + "-replaced"
+    os.rename(target, aside)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    os.rename(aside, staging)
+
+
+def _renameat2() -> Any:
+    """The C library's `renameat2`, or None where it has none."""
+    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+
+
+def _remove_stale_staging(parent: str, name: str) -> None:
+    """Removes the staging directories of exports to `parent/name` whose process, on
+    this host, has died (killed mid-export)."""
+    host = socket.gethostname()
+    for entry in os.listdir(parent):
+        match = _STAGING.match(entry)
+        if match and match["name"] == name and match["host"] == host:
+            if not _process_alive(int(match["pid"])):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _write_export(
@@ -137,10 +219,16 @@ def _write_export(
         else _model_after_lookups(model, lookups, input_signature)
     )
     if xla_model is not None:
-        module.serve_xla = _serving_function(xla_model, xla_structure, jit_compile=True)
-        signatures["serving_xla"] = module.serve_xla
+        serve_xla = _serving_function(xla_model, xla_structure, jit_compile=True)
+        with _calls_routed_to(layers, twins):
+            compiles = _compiles(serve_xla)
+        if compiles:
+            module.serve_xla = serve_xla
+            signatures["serving_xla"] = module.serve_xla
     with _calls_routed_to(layers, twins):
-        read = {id(v): v for f in signatures.values() for v in f.get_concrete_function().variables}
+        read = _in_model_order(
+            model, [v for f in signatures.values() for v in f.get_concrete_function().variables]
+        )
         # Track what serving reads, not the model: a compiled model would bring its
         # optimizer, whose slots hold float copies of the tables. Each packed table's
         # variables go under `tables/<index>/<field>` (layer variable names need not
@@ -174,6 +262,21 @@ def _serving_function(model: Any, structure: Any, jit_compile: bool = False) -> 
         return {f"output_{i}": output for i, output in enumerate(tf.nest.flatten(outputs))}
 
     return tf.function(serve, input_signature=specs, jit_compile=jit_compile)
+
+
+def _compiles(function: Any) -> bool:
+    """Whether XLA compiles `function` (a `jit_compile` `tf.function` with an input
+    signature) on a batch of one: a model whose ops XLA lacks (string inputs, a
+    `Hashing` layer) gets no `serving_xla`, rather than one that fails every call."""
+    examples = [
+        tf.zeros([1 if size is None else size for size in spec.shape], spec.dtype)
+        for spec in function.input_signature
+    ]
+    try:
+        function.experimental_get_compiler_ir(*examples)(stage="hlo")
+    except (tf.errors.OpError, ValueError, TypeError):
+        return False
+    return True
 
 
 def _model_after_lookups(model: Any, lookups: list, input_signature: Any) -> tuple[Any, Any]:
@@ -261,6 +364,15 @@ def _calls_routed_to(
     finally:
         for layer in layers:
             object.__delattr__(layer, "call")
+
+
+def _in_model_order(model: Any, variables: list[tf.Variable]) -> dict[int, tf.Variable]:
+    """`variables` by id, each once, in the order of `model.variables` (then any
+    others by name): the export's variable order, the same in every run."""
+    rank = {id(tf_variable(v)): index for index, v in enumerate(model.variables)}
+    unique = {id(v): v for v in variables}
+    ordered = sorted(unique.values(), key=lambda v: (rank.get(id(v), len(rank)), v.name))
+    return {id(v): v for v in ordered}
 
 
 def _sharded_variables(model: Any, read: dict) -> list:

@@ -132,14 +132,10 @@ def validate_frequencies(frequencies: Any, input_dim: int) -> np.ndarray:
             f"`frequencies` must have shape (input_dim,) = ({input_dim},). "
             f"Received shape {array.shape}."
         )
-    if np.issubdtype(array.dtype, np.unsignedinteger) and array.max(initial=0) >= 2**63:
-        index = int(np.argmax(array >= 2**63))
-        raise ValueError(
-            f"`frequencies` must be below 2**63 (they are stored as int64). "
-            f"Received frequencies[{index}]={array[index]}."
-        )
-    array = array.astype(np.float64)
-    bad = ~np.isfinite(array) | (array < 0) | (array != np.round(array)) | (array >= 2.0**63)
+    if np.issubdtype(array.dtype, np.integer):  # compared as integers: exact up to 2**64
+        bad = (array < 0) | (array > np.iinfo(np.int64).max)
+    else:
+        bad = ~np.isfinite(array) | (array < 0) | (array != np.round(array)) | (array >= 2.0**63)
     if bad.any():
         index = int(np.argmax(bad))
         raise ValueError(

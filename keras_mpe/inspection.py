@@ -17,7 +17,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from keras_mpe import codec
+from keras_mpe import codec, precision
 from keras_mpe import metadata as metadata_file
 
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -200,15 +200,61 @@ def _check_layout(name: str, packed: codec.PackedTable) -> None:
                 + (f" of shape {shape}" if shape else "")
                 + f". The checkpoint holds {array.dtype.name} of shape {array.shape}."
             )
-    rows = packed.rows_per_group
-    if rows.min(initial=0) < 0:
+    name = f"Table '{name}'"
+    first_rows = packed.first_rows.astype(np.int64)
+    if first_rows.size and (
+        first_rows[0] != 0 or (np.diff(first_rows) < 0).any() or first_rows[-1] > packed.input_dim
+    ):
         raise ValueError(
-            f"Table '{name}': `first_rows` must be ascending and at most input_dim="
-            f"{packed.input_dim}. The checkpoint holds {packed.first_rows.tolist()}."
+            f"{name}: `first_rows` must start at 0 and ascend to at most input_dim="
+            f"{packed.input_dim}, so that the groups' rows add up to input_dim. The "
+            f"checkpoint holds {packed.first_rows[:20].tolist()}."
         )
-    payload = packed.memory_report()["payload_bytes"] // 4
-    if packed.words.size != payload:
+    bits = packed.group_bits.astype(np.int64)
+    allowed = [0, *packed.nonzero_bit_widths]
+    unknown = ~np.isin(bits, allowed)
+    if unknown.any():
+        group = int(np.argmax(unknown))
         raise ValueError(
-            f"Table '{name}': `words` holds {packed.words.size} words; the groups' rows "
-            f"and bits need {payload}."
+            f"{name}: `group_bits` must be 0 or a candidate bit-width {allowed}. The "
+            f"checkpoint holds {bits[group]} for group {group}."
         )
+    group_words = precision.payload_words(packed.rows_per_group, bits, packed.output_dim)
+    expected = np.concatenate([[0], np.cumsum(group_words)[:-1]])
+    wrong = packed.first_words.astype(np.int64) != expected
+    if wrong.any():
+        group = int(np.argmax(wrong))
+        raise ValueError(
+            f"{name}: `first_words` must place each group after the words of the ones "
+            f"before it. The checkpoint has group {group} at word "
+            f"{packed.first_words[group]}; its rows and bits put it at {expected[group]}."
+        )
+    if packed.words.size != group_words.sum():
+        raise ValueError(
+            f"{name}: `words` holds {packed.words.size} words; the groups' rows "
+            f"and bits need {group_words.sum()}."
+        )
+    for field in ("step_sizes", "offset"):
+        values = getattr(packed, field)
+        bad = ~np.isfinite(values) | ((values <= 0) if field == "step_sizes" else False)
+        if bad.any():
+            index = int(np.argmax(bad))
+            must = "finite and > 0" if field == "step_sizes" else "finite"
+            raise ValueError(
+                f"{name}: `{field}` must be {must}. The checkpoint holds "
+                f"{field}[{index}]={values[index]}."
+            )
+    if packed.permutation is not None:
+        width = precision.id_bits(packed.input_dim)
+        needed = -(-packed.input_dim * width // 32)
+        if packed.permutation.size != needed:
+            raise ValueError(
+                f"{name}: `permutation` holds {packed.permutation.size} words; "
+                f"{packed.input_dim} ids at {width} bits need {needed}."
+            )
+        rows = codec.unpack_bits(packed.permutation, width, packed.input_dim)
+        if not np.array_equal(np.sort(rows), np.arange(packed.input_dim, dtype=np.uint32)):
+            raise ValueError(
+                f"{name}: `permutation` must map the {packed.input_dim} ids to the rows "
+                f"0..{packed.input_dim - 1}, each once; it does not."
+            )

@@ -15,9 +15,12 @@ per-group bits are the table's `group_bits` array.
 
 import json
 import os
-from typing import Any
+import stat
+from typing import Any, NoReturn
 
 import tensorflow as tf
+
+from keras_mpe import checks
 
 FILE = os.path.join("assets.extra", "keras_mpe.json")
 FORMAT = 1
@@ -43,12 +46,35 @@ def write(export_dir: str, tables: list[Any]) -> None:
         json.dump({"format": FORMAT, "tables": entries}, file, indent=1)
 
 
+MAX_FILE_BYTES = 1 << 20  # an entry takes about 200 bytes: room for thousands of tables
+
+
 def read(export_dir: str) -> dict[str, Any]:
     """The metadata of an export, checked against the schema.
 
+    The file is read only if it is a regular file of at most `MAX_FILE_BYTES`
+    (a FIFO there would block the reader, a huge file exhaust its memory), and every
+    field is checked for its type and range, so that what is read can be trusted
+    by `keras_mpe.inspect`'s checks of the arrays.
+
     Raises:
         FileNotFoundError: `export_dir` has no metadata file.
-        ValueError: the file is not valid JSON of this schema; the message names it.
+        ValueError: the file is not a bounded regular file holding JSON of this
+            schema; the message names it and the first field that is wrong.
+
+    Example:
+
+    >>> import tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(directory, "assets.extra"))
+    >>> with open(os.path.join(directory, FILE), "w") as file:
+    ...     _ = file.write('{"format": 1, "tables": [{"name": "t", "input_dim": null}]}')
+    >>> read(directory)
+    Traceback (most recent call last):
+    ...
+    ValueError: .../assets.extra/keras_mpe.json is wrong: table 0 lacks ['bit_widths', \
+'object_path', 'output_dim']; each table needs ['name', 'object_path', 'input_dim', \
+'output_dim', 'bit_widths']. Export the model again with `keras_mpe.export_saved_model`.
     """
     path = os.path.join(export_dir, FILE)
     if not tf.io.gfile.exists(path):
@@ -56,32 +82,75 @@ def read(export_dir: str) -> dict[str, Any]:
             f"`export_dir` {export_dir!r} is not a keras_mpe export: {path} is missing. "
             "Pass a directory written by `keras_mpe.export_saved_model`."
         )
+    text = _bounded_text(path)
     try:
-        with tf.io.gfile.GFile(path) as file:
-            metadata = json.load(file)
-    except (ValueError, tf.errors.OpError) as error:  # bad JSON or UTF-8; unreadable
+        metadata = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8; nested too deep
         lines = str(error).strip().splitlines()
+        _refuse(path, f"cannot be read as JSON ({lines[0] if lines else type(error).__name__})")
+    if not isinstance(metadata, dict):
+        _refuse(path, f"must hold a JSON object; it holds {text[:100]!r}")
+    if metadata.get("format") != FORMAT:
         raise ValueError(
-            f"{path} cannot be read as JSON ({lines[0] if lines else type(error).__name__})."
-            " Export the model again with `keras_mpe.export_saved_model`."
-        ) from error
-    if isinstance(metadata, dict) and metadata.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} has format {metadata.get('format')!r}; this keras_mpe reads format {FORMAT}."
+            f"{path} has format {str(metadata.get('format'))[:50]}; this keras_mpe reads "
+            f"format {FORMAT}."
         )
-    tables = metadata.get("tables") if isinstance(metadata, dict) else None
+    tables = metadata.get("tables")
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise ValueError(
-            f"{path} must hold a JSON object whose 'tables' is a list of objects; it holds "
-            f"{json.dumps(metadata)[:200]}. Export the model again with "
-            "`keras_mpe.export_saved_model`."
-        )
+        _refuse(path, "must hold a JSON object whose 'tables' is a list of objects")
     for index, table in enumerate(tables):
         missing = sorted(set(TABLE_KEYS) - set(table))
         if missing:
-            raise ValueError(
-                f"{path}: table {index} lacks {missing}; each table needs "
-                f"{list(TABLE_KEYS)}. Export the model again with "
-                "`keras_mpe.export_saved_model`."
+            _refuse(
+                path,
+                f"is wrong: table {index} lacks {missing}; each table needs {list(TABLE_KEYS)}",
             )
+        problem = _table_problem(table)
+        if problem:
+            _refuse(path, f"is wrong: table {index}: {problem}")
     return metadata
+
+
+def _bounded_text(path: str) -> str:
+    """The text of `path` if it is a regular file of at most `MAX_FILE_BYTES`."""
+    try:
+        if "://" not in path and not stat.S_ISREG(os.stat(path).st_mode):
+            _refuse(path, "is not a regular file")
+        if tf.io.gfile.stat(path).length > MAX_FILE_BYTES:
+            _refuse(path, f"is larger than {MAX_FILE_BYTES} bytes, far more than metadata takes")
+        with tf.io.gfile.GFile(path, "rb") as file:
+            return file.read(MAX_FILE_BYTES + 1).decode("utf-8")
+    except (OSError, tf.errors.OpError, UnicodeDecodeError) as error:
+        lines = str(error).strip().splitlines()
+        _refuse(path, f"cannot be read ({lines[0] if lines else type(error).__name__})")
+
+
+def _table_problem(table: dict) -> str | None:
+    """What is wrong with a table entry's fields, or None."""
+    name, path = table["name"], table["object_path"]
+    if not isinstance(name, str) or not name:
+        return f"'name' must be a non-empty string, not {json.dumps(name)[:50]}"
+    if not isinstance(path, list) or not path or not all(isinstance(p, str) for p in path):
+        return f"'object_path' must be a non-empty list of strings, not {json.dumps(path)[:50]}"
+    for key, high in (("input_dim", 2**31 - 1), ("output_dim", 2**16)):
+        value = table[key]
+        if not checks.is_int(value) or not 1 <= value <= high:
+            return f"'{key}' must be an integer in [1, {high}], not {json.dumps(value)[:50]}"
+    try:
+        checks.bit_widths(table["bit_widths"])
+    except ValueError:
+        return (
+            "'bit_widths' must be a strictly increasing list of integers in "
+            f"[0, {checks.MAX_BITS}], not {json.dumps(table['bit_widths'])[:50]}"
+        )
+    return None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _refuse(path: str, problem: str) -> NoReturn:
+    raise ValueError(
+        f"{path} {problem}. Export the model again with `keras_mpe.export_saved_model`."
+    )

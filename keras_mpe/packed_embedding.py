@@ -154,7 +154,10 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
             )
         self.built = True
 
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+    def call(self, inputs: Any) -> Any:
+        return self._rows_of(inputs, self._look_up)
+
+    def _look_up(self, inputs: tf.Tensor) -> tf.Tensor:
         ids = lookup.integer_ids(inputs, self.input_dim)
         arrays = {name: tf_variable(v) for name, v in self.packed_variables.items()}
         values = lookup.lookup_packed(

@@ -4,6 +4,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_mpe import checks
 from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding, find_mixed_precision_layers
 
 
@@ -55,6 +56,7 @@ def plot_precision(layer_or_model: Any, path: str) -> None:
         layer_or_model: a `MixedPrecisionEmbedding`, or a model holding some.
         path: where to write the PNG.
     """
+    path = checks.local_path("path", path)
     plt = pyplot()
     if isinstance(layer_or_model, MixedPrecisionEmbedding):
         layers = [layer_or_model]

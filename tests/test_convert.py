@@ -434,7 +434,7 @@ def test_command_line_converts_a_saved_model(tmp_path, capsys):
     model.compile("adam", "binary_crossentropy")
     (ids, _), y = _data()
     model.fit(ids, y, epochs=1, verbose=0)
-    model_path = str(tmp_path / ("model.keras" if IS_KERAS_3 else "model.h5"))
+    model_path = str(tmp_path / "model.keras")
     model.save(model_path)
     np.savez(tmp_path / "train.npz", ids=ids, y=y)
     out = tmp_path / "export"
