@@ -6,6 +6,10 @@ Methods (each for every seed, all with the same model and the same total epochs)
   table to its initial values (keeping the rest of the model), train the other half.
 - `fp32-mpe-init`, `fp32-rewind-mpe-init`: the same two with MixedPrecisionEmbedding's
   initializer, N(0, 0.003), instead of Keras's U(-0.05, 0.05): an ablation of the init.
+- `fp32-fair`: the fair float32 baseline: MixedPrecisionEmbedding's initializer, early
+  stopping on validation AUC (patience 2, best weights restored) within the budget,
+  for each learning rate in `FAIR_LEARNING_RATES` and table L2 in `FAIR_TABLE_L2`;
+  the setting with the best validation AUC is reported.
 - `qat-Nbit`: `MixedPrecisionEmbedding(bit_widths=(N,))`, uniform quantization-aware
   training, two phases like MPE.
 - `ptq-int8`, `ptq-int4` (Keras 3 only): the trained `fp32` model's table quantized after
@@ -33,6 +37,9 @@ PNG of test AUC minus the fair float32 baseline against compression.
 
     python benchmarks/compression.py --data synthetic --seeds 1 --epochs 2 --only mpe-target-8
     python benchmarks/compression.py --data instacart --only fp32-rewind-mpe-init,paper-1e-4
+
+`--quantizer-range floor` (or `reset`) adds `keras_mpe.QuantizerRange` to both fits of
+the MPE and QAT runs, the search and the retrain.
 
 On `long-tail-synthetic` each row also reports the share of the signal-carrying
 lookups (see `keras_mpe.datasets.synthetic_long_tail`) that land on rows with bits.
@@ -128,10 +135,11 @@ class EpochReader(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         test = self.model.evaluate(*self.test, batch_size=8192, verbose=0, return_dict=True)
-        self.rows.append((logs["val_auc"], test["auc"], test["loss"]))
         layers = keras_mpe.embedding.find_mixed_precision_layers(self.model)
         if layers:
             self.clipped.append(layers[0].clipped_share())
+        clipped = self.clipped[-1] if layers else float("nan")
+        self.rows.append((logs["val_auc"], test["auc"], test["loss"], clipped))
         if os.environ.get("MPE_BENCH_VERBOSE"):
             print(
                 f"  epoch {epoch}: val_auc {logs['val_auc']:.4f} test_auc {test['auc']:.4f}"
@@ -141,7 +149,12 @@ class EpochReader(keras.callbacks.Callback):
             )
 
     def best(self):
-        return max(self.rows)[1:]
+        """`(test AUC, test logloss)` at the best validation-AUC epoch."""
+        return max(self.rows)[1:3]
+
+    def best_clipped(self):
+        """The clipped share at the best validation-AUC epoch (NaN without MPE)."""
+        return max(self.rows)[3]
 
 
 def saved_model_bytes(model, packed: bool) -> int:
@@ -171,11 +184,19 @@ def build(embedding, fields: int):
 
 
 def fit(
-    model, train, validation, test, epochs: int, batch: int, callbacks=(), compile_model=True
+    model,
+    train,
+    validation,
+    test,
+    epochs: int,
+    batch: int,
+    callbacks=(),
+    compile_model=True,
+    learning_rate: float = 1e-3,
 ) -> EpochReader:
     if compile_model:
         model.compile(
-            keras.optimizers.Adam(1e-3),
+            keras.optimizers.Adam(learning_rate),
             "binary_crossentropy",
             metrics=[keras.metrics.AUC(name="auc")],
         )
@@ -201,6 +222,51 @@ def fit_with_rewind(model, layer, train, validation, test, epochs: int, batch: i
     return fit(model, train, validation, test, epochs // 2, batch)
 
 
+# The fair float32 baseline's sweep (see the module docstring).
+FAIR_LEARNING_RATES = (1e-3, 3e-3)
+FAIR_TABLE_L2 = (0.0, 1e-5)
+
+
+def fair_float32(seed: int, data, epochs: int, batch: int) -> dict:
+    """The `fp32-fair` run: the sweep's setting with the best validation AUC."""
+    train, validation, test, vocabulary, _ = data
+    fields = train[0].shape[1]
+    initializer = keras_mpe.MixedPrecisionEmbedding(1, 1).embeddings_initializer
+    best = None
+    for learning_rate in FAIR_LEARNING_RATES:
+        for l2 in FAIR_TABLE_L2:
+            keras.utils.set_random_seed(seed)
+            layer = keras.layers.Embedding(
+                vocabulary,
+                16,
+                embeddings_initializer=initializer,
+                embeddings_regularizer=keras.regularizers.L2(l2) if l2 else None,
+            )
+            model = build(layer, fields)
+            stop = keras.callbacks.EarlyStopping(
+                "val_auc", patience=2, mode="max", restore_best_weights=True
+            )
+            reader = fit(
+                model, train, validation, test, epochs, batch, [stop], learning_rate=learning_rate
+            )
+            if os.environ.get("MPE_BENCH_VERBOSE"):
+                print(f"  fp32-fair lr {learning_rate} l2 {l2}: {max(reader.rows)[:2]}")
+            if best is None or max(reader.rows) > max(best[0].rows):
+                best = (reader, model)
+    auc, loss = best[0].best()
+    return {
+        "auc": auc,
+        "loss": loss,
+        "bits": 32.0,
+        "ratio": 1.0,
+        "payload_ratio": 1.0,
+        "bytes": 4 * vocabulary * 16,
+        "signal_kept": np.nan,
+        "saved_bytes": saved_model_bytes(best[1], packed=False),
+        "clipped": np.nan,
+    }
+
+
 def run_method(
     method: str,
     seed: int,
@@ -216,6 +282,8 @@ def run_method(
     fields, dim = train[0].shape[1], 16
     keras.utils.set_random_seed(seed)
     half = epochs // 2
+    if method == "fp32-fair":
+        return fair_float32(seed, data, epochs, batch)
     if method.startswith(("fp32", "ptq")):
         initializer = "uniform"  # keras.layers.Embedding's default, U(-0.05, 0.05)
         if method.endswith("mpe-init"):
@@ -255,6 +323,7 @@ def run_method(
         kept = np.nan if planted is None else 1.0
         return {
             **result,
+            "clipped": np.nan,
             "signal_kept": kept,
             "saved_bytes": saved_model_bytes(model, packed=False),
         }
@@ -281,8 +350,7 @@ def run_method(
         layer_class, options, search = mpe_recipe(method, mpe_bits)
     if quantizer_scale is not None and layer_class is keras_mpe.MixedPrecisionEmbedding:
         options["quantizer_learning_rate_scale"] = quantizer_scale
-    if quantizer_range is not None:
-        search["quantizer_range"] = None if quantizer_range == "none" else quantizer_range
+    ranges = [keras_mpe.QuantizerRange(quantizer_range)] if quantizer_range else []
     layer = layer_class(vocabulary, dim, **options)
     layer.adapt(train[0])
     model = build(layer, fields)
@@ -293,9 +361,9 @@ def run_method(
         test,
         epochs - half,
         batch,
-        [keras_mpe.PrecisionSearch(monitor="val_auc", verbose=0, **search)],
+        [keras_mpe.PrecisionSearch(monitor="val_auc", verbose=0, **search), *ranges],
     )
-    reader = fit(model, train, validation, test, half, batch, compile_model=False)
+    reader = fit(model, train, validation, test, half, batch, ranges, compile_model=False)
     return mpe_result(model, layer, reader, planted)
 
 
@@ -357,6 +425,7 @@ def mpe_result(model, layer, reader: EpochReader, planted=None) -> dict:
         kept = planted.signal_mass_kept(row_bits > 0)
     return {
         "signal_kept": kept,
+        "clipped": reader.best_clipped(),
         "auc": auc,
         "loss": loss,
         "bits": report["average_bits"],
@@ -391,9 +460,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--quantizer-range",
-        choices=("floor", "reset", "none"),
+        choices=keras_mpe.quantizer_range.RULES,
         default=None,
-        help="PrecisionSearch's quantizer_range in the MPE and QAT runs (default: its own)",
+        help="add keras_mpe.QuantizerRange with this rule to both fits of the MPE and QAT runs",
     )
     parser.add_argument(
         "--mpe-bits", default="0,1,2,3,4,5,6", help="candidate bit-widths of the MPE runs"
@@ -417,7 +486,7 @@ def main() -> None:
     data = load(args.data)
     planted = planted_long_tail() if args.data == "long-tail-synthetic" else None
     mpe_bits = tuple(int(b) for b in args.mpe_bits.split(","))
-    methods = ["fp32", "fp32-rewind", "fp32-mpe-init", "fp32-rewind-mpe-init"]
+    methods = ["fp32", "fp32-rewind", "fp32-mpe-init", "fp32-rewind-mpe-init", "fp32-fair"]
     methods += ["qat-8bit", "qat-4bit", "qat-2bit"]
     if IS_KERAS_3:
         methods += ["ptq-int8", "ptq-int4"]

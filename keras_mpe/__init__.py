@@ -7,6 +7,7 @@ from keras_mpe.export import export_saved_model
 from keras_mpe.inspection import inspect
 from keras_mpe.packed_embedding import PackedEmbedding
 from keras_mpe.plotting import plot_precision
+from keras_mpe.quantizer_range import QuantizerRange
 
 __version__ = "0.1.0"
 
@@ -15,6 +16,7 @@ __all__ = [
     "MixedPrecisionEmbedding",
     "PackedEmbedding",
     "PrecisionSearch",
+    "QuantizerRange",
     "__version__",
     "convert",
     "export_saved_model",

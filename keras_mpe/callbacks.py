@@ -148,6 +148,9 @@ class PrecisionSearch(keras.callbacks.Callback):
     Attributes:
         reports: after the search, `{layer key: layer.memory_report()}` (the key is
             the layer's name unless several layers share it, see above).
+        clipped_shares: `{layer key: [per-group clipped_shares() at each epoch end]}`;
+            the share over all layers is logged as `mpe_clipped` (per layer as
+            `mpe_clipped_<key>` when there are several).
         best_epoch: the epoch (0-based) whose state was restored.
     """
 
@@ -161,7 +164,6 @@ class PrecisionSearch(keras.callbacks.Callback):
         backup_dir: str | None = None,
         log_dir: str | None = None,
         verbose: int = 1,
-        quantizer_range: str | None = "floor",
     ) -> None:
         super().__init__()
         if not isinstance(monitor, str) or not monitor:
@@ -199,12 +201,6 @@ class PrecisionSearch(keras.callbacks.Callback):
         )
         self.log_dir = log_dir
         self.verbose = verbose
-        if quantizer_range not in (None, "floor", "reset"):
-            raise ValueError(
-                "`quantizer_range` must be None, 'floor' or 'reset'. "
-                f"Received: quantizer_range={quantizer_range!r}"
-            )
-        self.quantizer_range = quantizer_range
         self.reports: dict[str, dict] = {}
         self.clipped_shares: dict[str, list[np.ndarray]] = {}
         self.best_epoch: int | None = None
@@ -290,9 +286,6 @@ class PrecisionSearch(keras.callbacks.Callback):
             self._stop_on_non_finite(f"the loss is {float(logs['loss'])} at batch {batch}")
         if not self._monitor_checked:
             self._check_monitor_is_logged(logs)
-        if self.quantizer_range is not None and (batch + 1) % RANGE_STEPS == 0:
-            for layer in self._layers:
-                layer.raise_step_sizes(reset=self.quantizer_range == "reset")
         if self.target_compression is None:
             return
         total = self._epochs * self._steps if self._steps else PENALTY_UPDATES

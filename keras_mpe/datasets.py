@@ -254,74 +254,71 @@ def synthetic_long_tail(
 
 
 def synthetic_interactions(
-    edges: int = 100_000,
-    users: int = 20_000,
-    items: int = 20_000,
-    rank: int = 8,
+    ids: int = 40_000,
+    edges: int = 80_000,
+    clusters: int = 50,
     negatives: int = 2,
+    noise: float = 0.2,
     zipf_exponent: float = 1.0,
-    affinity: float = 4.0,
     seed: int = 0,
 ) -> CTRData:
-    """Two id fields, users and items, whose only signal is their interaction.
+    """Two id fields over one id space (say users and the users they trust) whose only
+    signal is their interaction.
 
-    Each user and item has a latent vector drawn from N(0, 1/rank) in `rank`
-    dimensions. Candidate pairs draw the user and the item each from a Zipf law
-    (rank `k` with probability proportional to `k ** -zipf_exponent`); a pair becomes
-    a positive edge with probability `sigmoid(affinity * <user, item> - affinity)`, so
-    whether a pair is an edge depends on both ids together. Each edge gets `negatives`
-    rows with the same user and items drawn from the Zipf law alone (sampled
-    negatives). Items take ids `users ... users + items - 1`. The rows are shuffled,
-    split 80/10/10 and ids renumbered by train frequency. A model with small
-    embeddings starts on a plateau here: the interaction gives no gradient until
-    both fields' rows have grown. Whatever uses it must say its figures are synthetic.
+    Each id belongs to one of `clusters` random clusters. A positive edge draws its
+    second id from a Zipf law over all ids (rank `k` with probability proportional to
+    `k ** -zipf_exponent`) and its first id from the same law restricted to the
+    second id's cluster, or, for a share `noise` of the edges, over all ids. Each edge
+    gets `negatives` rows with the same first id and a second id drawn from the Zipf
+    law alone (sampled negatives). So each id alone is as frequent among positives as
+    among negatives, and only the pair (same cluster or not) predicts the label: a
+    model with small embeddings starts on a plateau until its rows have grown. The
+    rows are shuffled, split 80/10/10 and ids renumbered by train frequency. Whatever
+    uses it must say its figures are synthetic.
 
     Example:
 
-    >>> data = synthetic_interactions(edges=300, users=50, items=50)
+    >>> data = synthetic_interactions(ids=100, edges=300, clusters=5)
     >>> data.train[0].shape, data.vocabulary_size, float(data.train[1].mean()) < 0.5
     ((720, 2), 100, True)
     """
     _check_synthetic_arguments(
-        zipf_exponent, rows=edges, users=users, items=items, rank=rank, negatives=negatives
+        zipf_exponent, rows=edges, ids=ids, clusters=clusters, negatives=negatives
     )
+    if not (checks.is_number(noise) and 0 <= noise <= 1):
+        raise ValueError(f"`noise` must be a number in [0, 1]. Received: noise={noise!r}")
     rng = np.random.default_rng(seed)
-
-    def zipf(count: int, size: int) -> np.ndarray:
-        weights = np.arange(1, count + 1, dtype=np.float64) ** -float(zipf_exponent)
-        return rng.choice(count, size=size, p=weights / weights.sum())
-
-    user_vectors = rng.normal(scale=rank**-0.5, size=(users, rank))
-    item_vectors = rng.normal(scale=rank**-0.5, size=(items, rank))
-    found_users, found_items, found = [], [], 0
-    while found < edges:
-        user, item = zipf(users, 4 * edges), zipf(items, 4 * edges)
-        score = np.einsum("ij,ij->i", user_vectors[user], item_vectors[item])
-        edge = rng.random(user.size) < 1 / (1 + np.exp(affinity - affinity * score))
-        found_users.append(user[edge])
-        found_items.append(item[edge])
-        found += int(edge.sum())
-    user = np.concatenate(found_users)[:edges]
-    item = np.concatenate(found_items)[:edges]
-    negative_users = np.repeat(user, negatives)
+    law = np.arange(1, ids + 1, dtype=np.float64) ** -float(zipf_exponent)
+    law /= law.sum()
+    cluster = rng.integers(clusters, size=ids)
+    second = rng.choice(ids, size=edges, p=law)
+    first = rng.choice(ids, size=edges, p=law)  # kept for the noisy edges
+    members = np.argsort(cluster, kind="stable")
+    starts = np.searchsorted(cluster[members], np.arange(clusters + 1))
+    clean = rng.random(edges) >= noise
+    for c in range(clusters):
+        edge = clean & (cluster[second] == c)
+        inside = members[starts[c] : starts[c + 1]]
+        first[edge] = rng.choice(inside, size=int(edge.sum()), p=law[inside] / law[inside].sum())
+    negative_first = np.repeat(first, negatives)
     rows = np.concatenate(
         [
-            np.stack([user, item], axis=1),
-            np.stack([negative_users, zipf(items, negative_users.size)], axis=1),
+            np.stack([first, second], axis=1),
+            np.stack([negative_first, rng.choice(ids, size=negative_first.size, p=law)], 1),
         ]
-    )
-    rows[:, 1] += users
-    labels = np.concatenate([np.ones(edges), np.zeros(negative_users.size)])
+    ).astype(np.int32)
+    labels = np.concatenate([np.ones(edges), np.zeros(negative_first.size)])
+    labels = labels[:, None].astype(np.float32)
     parts = _split_rows(rows.shape[0], seed=seed)
     data = CTRData(
-        train=(rows[parts[0]].astype(np.int32), labels[parts[0], None].astype(np.float32)),
-        validation=(rows[parts[1]].astype(np.int32), labels[parts[1], None].astype(np.float32)),
-        test=(rows[parts[2]].astype(np.int32), labels[parts[2], None].astype(np.float32)),
-        vocabulary_size=users + items,
+        train=(rows[parts[0]], labels[parts[0]]),
+        validation=(rows[parts[1]], labels[parts[1]]),
+        test=(rows[parts[2]], labels[parts[2]]),
+        vocabulary_size=ids,
         description=(
-            f"SYNTHETIC interactions: {edges} edges x (1 + {negatives} sampled negatives), "
-            f"{users} users x {items} items, rank-{rank} affinity {affinity}, Zipf exponent "
-            f"{zipf_exponent}, seed {seed}"
+            f"SYNTHETIC interactions: {edges} edges x (1 + {negatives} sampled negatives) "
+            f"over {ids} ids in {clusters} clusters, {noise} of the edges random, Zipf "
+            f"exponent {zipf_exponent}, seed {seed}"
         ),
     )
     return data.ranked_by_frequency()

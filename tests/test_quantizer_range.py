@@ -4,7 +4,7 @@ re-estimated from the table, checked against hand-computed values."""
 import numpy as np
 import pytest
 
-from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, quantizers
+from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, QuantizerRange, quantizers
 from keras_mpe.backend import keras
 from keras_mpe.datasets import synthetic_interactions
 
@@ -64,10 +64,9 @@ def test_table_step_sizes_follow_the_table_and_raise_never_lowers():
     np.testing.assert_allclose(layer.step_sizes.numpy(), expected, rtol=1e-5)
 
 
-def test_search_logs_the_clipped_share_and_keeps_the_range_on_the_table():
-    data = synthetic_interactions(edges=3000, users=300, items=300)
+def _model(data, bit_widths=(6,)):
     keras.utils.set_random_seed(0)
-    layer = MixedPrecisionEmbedding(data.vocabulary_size, 4, num_groups=8, bit_widths=(6,))
+    layer = MixedPrecisionEmbedding(data.vocabulary_size, 4, num_groups=8, bit_widths=bit_widths)
     layer.adapt(data.train[0])
     model = keras.Sequential(
         [
@@ -79,6 +78,12 @@ def test_search_logs_the_clipped_share_and_keeps_the_range_on_the_table():
         ]
     )
     model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+    return model, layer
+
+
+def test_search_logs_the_clipped_share_per_group_and_epoch():
+    data = synthetic_interactions(ids=300, edges=1000, clusters=5)
+    model, layer = _model(data)
     search = PrecisionSearch("loss", verbose=0)
     history = model.fit(*data.train, epochs=2, batch_size=32, verbose=0, callbacks=[search])
     clipped = history.history["mpe_clipped"]
@@ -94,21 +99,69 @@ def test_search_logs_the_clipped_share_and_keeps_the_range_on_the_table():
     assert clipped[-1] == pytest.approx(
         float(np.dot(per_group[seen], lookups[seen]) / lookups[seen].sum())
     )
-    # the step size was raised to at least LSQ+'s value over the table at the last check
-    assert layer.step_sizes.numpy()[0] >= 0.5 * layer.table_step_sizes()[0]
 
 
-def test_synthetic_interactions_shape_and_signal():
-    data = synthetic_interactions(edges=2000, users=100, items=80, negatives=3, seed=2)
+class _StepSizes(keras.callbacks.Callback):
+    """Records the layer's step sizes and LSQ+'s value over its table after every
+    batch (after the callbacks listed before it)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+        self.seen = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append((self.layer.step_sizes.numpy(), self.layer.table_step_sizes()))
+
+
+@pytest.mark.parametrize("rule", ["floor", "reset"])
+def test_quantizer_range_sets_the_formula_every_few_steps_in_both_phases(rule):
+    data = synthetic_interactions(ids=300, edges=200, clusters=5)  # 480 train rows
+    model, layer = _model(data, bit_widths=(0, 2, 6))
+    every = 3
+    range_rule = QuantizerRange(rule, every=every)
+    for search in ([PrecisionSearch("loss", verbose=0)], []):
+        before, after = _StepSizes(layer), _StepSizes(layer)
+        # 480 rows at batch 64: 8 steps per epoch, 2 epochs; the count runs over epochs
+        model.fit(*data.train, epochs=2, batch_size=64, verbose=0,
+                  callbacks=[*search, before, range_rule, after])  # fmt: skip
+        assert len(after.seen) == 16
+        for step, ((old, fitted), (new, _)) in enumerate(zip(before.seen, after.seen), 1):
+            if step % every:
+                np.testing.assert_array_equal(new, old)
+            elif rule == "reset":
+                np.testing.assert_allclose(new, fitted, rtol=1e-5)
+            else:
+                np.testing.assert_allclose(new, np.maximum(old, fitted), rtol=1e-5)
+    assert layer.state == "retrain"
+
+
+def test_quantizer_range_arguments():
+    with pytest.raises(ValueError, match="rule='max'"):
+        QuantizerRange("max")
+    with pytest.raises(ValueError, match="every=0"):
+        QuantizerRange(every=0)
+    with pytest.raises(ValueError, match="every=2.5"):
+        QuantizerRange(every=2.5)
+
+
+def test_synthetic_interactions_shape_and_sampled_negatives():
+    data = synthetic_interactions(ids=200, edges=2000, clusters=4, negatives=3, seed=2)
     ids, labels = data.train
-    assert data.vocabulary_size == 180 and ids.shape[1] == 2
-    assert sum(part[0].shape[0] for part in (data.train, data.validation, data.test)) == 8000
-    # a quarter of the rows are edges: one positive per three sampled negatives
-    total = labels.sum() + data.validation[1].sum() + data.test[1].sum()
-    assert total == 2000
-    assert ids.min() >= 0 and ids.max() < 180
-    again = synthetic_interactions(edges=2000, users=100, items=80, negatives=3, seed=2)
+    assert data.vocabulary_size == 200 and ids.shape[1] == 2
+    parts = (data.train, data.validation, data.test)
+    assert sum(part[0].shape[0] for part in parts) == 8000
+    rows = np.concatenate([part[0] for part in parts])
+    edge = np.concatenate([part[1] for part in parts])[:, 0] == 1
+    assert edge.sum() == 2000  # one positive per three sampled negatives
+    # each edge's first id comes with three negatives: per first id, 3x as many negatives
+    first_positive = np.bincount(rows[edge, 0], minlength=200)
+    np.testing.assert_array_equal(np.bincount(rows[~edge, 0], minlength=200), 3 * first_positive)
+    assert ids.min() >= 0 and ids.max() < 200
+    again = synthetic_interactions(ids=200, edges=2000, clusters=4, negatives=3, seed=2)
     np.testing.assert_array_equal(again.train[0], ids)
     assert "SYNTHETIC" in data.description
     with pytest.raises(ValueError, match="negatives=0"):
         synthetic_interactions(negatives=0)
+    with pytest.raises(ValueError, match="noise=1.5"):
+        synthetic_interactions(noise=1.5)
