@@ -6,6 +6,10 @@ Methods (each for every seed, all with the same model and the same total epochs)
   table to its initial values (keeping the rest of the model), train the other half.
 - `fp32-mpe-init`, `fp32-rewind-mpe-init`: the same two with MixedPrecisionEmbedding's
   initializer, N(0, 0.003), instead of Keras's U(-0.05, 0.05): an ablation of the init.
+- `fp32-fair`: the fair float32 baseline: MixedPrecisionEmbedding's initializer, early
+  stopping on validation AUC (patience 2, best weights restored) within the budget,
+  for each learning rate in `FAIR_LEARNING_RATES` and table L2 in `FAIR_TABLE_L2`;
+  the setting with the best validation AUC is reported.
 - `qat-Nbit`: `MixedPrecisionEmbedding(bit_widths=(N,))`, uniform quantization-aware
   training, two phases like MPE.
 - `ptq-int8`, `ptq-int4` (Keras 3 only): the trained `fp32` model's table quantized after
@@ -34,6 +38,9 @@ PNG of test AUC minus the fair float32 baseline against compression.
     python benchmarks/compression.py --data synthetic --seeds 1 --epochs 2 --only mpe-target-8
     python benchmarks/compression.py --data instacart --only fp32-rewind-mpe-init,paper-1e-4
 
+`--quantizer-range floor` (or `reset`) adds `keras_mpe.QuantizerRange` to both fits of
+the MPE and QAT runs, the search and the retrain.
+
 On `long-tail-synthetic` each row also reports the share of the signal-carrying
 lookups (see `keras_mpe.datasets.synthetic_long_tail`) that land on rows with bits.
 """
@@ -43,6 +50,7 @@ import datetime
 import functools
 import os
 import platform
+import re
 import shlex
 import sys
 import tempfile
@@ -61,15 +69,22 @@ from keras_mpe.precision import fit_to_budget
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-# `--optimizer`: what every model trains with (set once by `main`)
+# `--optimizer`: what every model trains with (set once by `main`), at a learning rate
 OPTIMIZERS = {
-    "adam": lambda: keras.optimizers.Adam(1e-3),
-    "lazy_adam": lambda: keras_mpe.optimizers.LazyAdam(1e-3),
-    "lazy_adam_catch_up": lambda: keras_mpe.optimizers.LazyAdam(1e-3, catch_up=True),
+    "adam": lambda rate: keras.optimizers.Adam(rate),
+    "lazy_adam": lambda rate: keras_mpe.optimizers.LazyAdam(rate),
+    "lazy_adam_catch_up": lambda rate: keras_mpe.optimizers.LazyAdam(rate, catch_up=True),
 }
 optimizer_name = "adam"
 
-DATA = ("synthetic", "movielens-100k", "movielens-1m", "instacart", "long-tail-synthetic")
+DATA = (
+    "synthetic",
+    "interactions",
+    "movielens-100k",
+    "movielens-1m",
+    "instacart",
+    "long-tail-synthetic",
+)
 
 
 @functools.cache
@@ -81,6 +96,8 @@ def load(name: str):
     """`(train, validation, test, vocabulary_size, description)` of a data set."""
     if name == "synthetic":
         data = synthetic_ctr(rows=200_000, fields=8, ids_per_field=5_000).ranked_by_frequency()
+    elif name == "interactions":
+        data = keras_mpe.datasets.synthetic_interactions()  # ranked by frequency already
     elif name == "long-tail-synthetic":
         data = planted_long_tail().data  # ids are ranked by train frequency already
     elif name == "instacart":
@@ -110,21 +127,42 @@ class DirectQuantizerEmbedding(keras_mpe.MixedPrecisionEmbedding):
     def offset(self):
         return tf.convert_to_tensor(self.relative_offset)
 
+    def _assign_step_sizes(self, step_sizes):
+        self.log_step_sizes.assign(step_sizes)
+
 
 class EpochReader(keras.callbacks.Callback):
-    """Evaluates the test split at each epoch end, to read the best-validation epoch."""
+    """Evaluates the test split at each epoch end, to read the best-validation epoch,
+    and records each MixedPrecisionEmbedding's clipped share (`clipped`, per epoch)."""
 
     def __init__(self, test):
         super().__init__()
         self.test = test
         self.rows = []
+        self.clipped = []
 
     def on_epoch_end(self, epoch, logs=None):
         test = self.model.evaluate(*self.test, batch_size=8192, verbose=0, return_dict=True)
-        self.rows.append((logs["val_auc"], test["auc"], test["loss"]))
+        layers = keras_mpe.embedding.find_mixed_precision_layers(self.model)
+        if layers:
+            self.clipped.append(layers[0].clipped_share())
+        clipped = self.clipped[-1] if layers else float("nan")
+        self.rows.append((logs["val_auc"], test["auc"], test["loss"], clipped))
+        if os.environ.get("MPE_BENCH_VERBOSE"):
+            print(
+                f"  epoch {epoch}: val_auc {logs['val_auc']:.4f} test_auc {test['auc']:.4f}"
+                f" clipped {self.clipped[-1] if layers else float('nan'):.3f}"
+                + (f" steps {layers[0].step_sizes.numpy()}" if layers else ""),
+                flush=True,
+            )
 
     def best(self):
-        return max(self.rows)[1:]
+        """`(test AUC, test logloss)` at the best validation-AUC epoch."""
+        return max(self.rows)[1:3]
+
+    def best_clipped(self):
+        """The clipped share at the best validation-AUC epoch (NaN without MPE)."""
+        return max(self.rows)[3]
 
 
 def saved_model_bytes(model, packed: bool) -> int:
@@ -154,11 +192,19 @@ def build(embedding, fields: int):
 
 
 def fit(
-    model, train, validation, test, epochs: int, batch: int, callbacks=(), compile_model=True
+    model,
+    train,
+    validation,
+    test,
+    epochs: int,
+    batch: int,
+    callbacks=(),
+    compile_model=True,
+    learning_rate: float = 1e-3,
 ) -> EpochReader:
     if compile_model:
         model.compile(
-            OPTIMIZERS[optimizer_name](),
+            OPTIMIZERS[optimizer_name](learning_rate),
             "binary_crossentropy",
             metrics=[keras.metrics.AUC(name="auc")],
         )
@@ -184,6 +230,51 @@ def fit_with_rewind(model, layer, train, validation, test, epochs: int, batch: i
     return fit(model, train, validation, test, epochs // 2, batch)
 
 
+# The fair float32 baseline's sweep (see the module docstring).
+FAIR_LEARNING_RATES = (1e-3, 3e-3)
+FAIR_TABLE_L2 = (0.0, 1e-5)
+
+
+def fair_float32(seed: int, data, epochs: int, batch: int) -> dict:
+    """The `fp32-fair` run: the sweep's setting with the best validation AUC."""
+    train, validation, test, vocabulary, _ = data
+    fields = train[0].shape[1]
+    initializer = keras_mpe.MixedPrecisionEmbedding(1, 1).embeddings_initializer
+    best = None
+    for learning_rate in FAIR_LEARNING_RATES:
+        for l2 in FAIR_TABLE_L2:
+            keras.utils.set_random_seed(seed)
+            layer = keras.layers.Embedding(
+                vocabulary,
+                16,
+                embeddings_initializer=initializer,
+                embeddings_regularizer=keras.regularizers.L2(l2) if l2 else None,
+            )
+            model = build(layer, fields)
+            stop = keras.callbacks.EarlyStopping(
+                "val_auc", patience=2, mode="max", restore_best_weights=True
+            )
+            reader = fit(
+                model, train, validation, test, epochs, batch, [stop], learning_rate=learning_rate
+            )
+            if os.environ.get("MPE_BENCH_VERBOSE"):
+                print(f"  fp32-fair lr {learning_rate} l2 {l2}: {max(reader.rows)[:2]}")
+            if best is None or max(reader.rows) > max(best[0].rows):
+                best = (reader, model)
+    auc, loss = best[0].best()
+    return {
+        "auc": auc,
+        "loss": loss,
+        "bits": 32.0,
+        "ratio": 1.0,
+        "payload_ratio": 1.0,
+        "bytes": 4 * vocabulary * 16,
+        "signal_kept": np.nan,
+        "saved_bytes": saved_model_bytes(best[1], packed=False),
+        "clipped": np.nan,
+    }
+
+
 def run_method(
     method: str,
     seed: int,
@@ -193,11 +284,14 @@ def run_method(
     mpe_bits: tuple[int, ...],
     planted=None,
     quantizer_scale: float | None = None,
+    quantizer_range: str | None = None,
 ) -> dict:
     train, validation, test, vocabulary, _ = data
     fields, dim = train[0].shape[1], 16
     keras.utils.set_random_seed(seed)
     half = epochs // 2
+    if method == "fp32-fair":
+        return fair_float32(seed, data, epochs, batch)
     if method.startswith(("fp32", "ptq")):
         initializer = "uniform"  # keras.layers.Embedding's default, U(-0.05, 0.05)
         if method.endswith("mpe-init"):
@@ -237,6 +331,7 @@ def run_method(
         kept = np.nan if planted is None else 1.0
         return {
             **result,
+            "clipped": np.nan,
             "signal_kept": kept,
             "saved_bytes": saved_model_bytes(model, packed=False),
         }
@@ -263,6 +358,7 @@ def run_method(
         layer_class, options, search = mpe_recipe(method, mpe_bits)
     if quantizer_scale is not None and layer_class is keras_mpe.MixedPrecisionEmbedding:
         options["quantizer_learning_rate_scale"] = quantizer_scale
+    ranges = [keras_mpe.QuantizerRange(quantizer_range)] if quantizer_range else []
     layer = layer_class(vocabulary, dim, **options)
     layer.adapt(train[0])
     model = build(layer, fields)
@@ -273,9 +369,9 @@ def run_method(
         test,
         epochs - half,
         batch,
-        [keras_mpe.PrecisionSearch(monitor="val_auc", verbose=0, **search)],
+        [keras_mpe.PrecisionSearch(monitor="val_auc", verbose=0, **search), *ranges],
     )
-    reader = fit(model, train, validation, test, half, batch, compile_model=False)
+    reader = fit(model, train, validation, test, half, batch, ranges, compile_model=False)
     return mpe_result(model, layer, reader, planted)
 
 
@@ -337,6 +433,7 @@ def mpe_result(model, layer, reader: EpochReader, planted=None) -> dict:
         kept = planted.signal_mass_kept(row_bits > 0)
     return {
         "signal_kept": kept,
+        "clipped": reader.best_clipped(),
         "auc": auc,
         "loss": loss,
         "bits": report["average_bits"],
@@ -370,6 +467,12 @@ def main() -> None:
         help="the layer's quantizer_learning_rate_scale in the runs that learn log step sizes",
     )
     parser.add_argument(
+        "--quantizer-range",
+        choices=keras_mpe.quantizer_range.RULES,
+        default=None,
+        help="add keras_mpe.QuantizerRange with this rule to both fits of the MPE and QAT runs",
+    )
+    parser.add_argument(
         "--mpe-bits", default="0,1,2,3,4,5,6", help="candidate bit-widths of the MPE runs"
     )
     parser.add_argument(
@@ -396,7 +499,7 @@ def main() -> None:
     data = load(args.data)
     planted = planted_long_tail() if args.data == "long-tail-synthetic" else None
     mpe_bits = tuple(int(b) for b in args.mpe_bits.split(","))
-    methods = ["fp32", "fp32-rewind", "fp32-mpe-init", "fp32-rewind-mpe-init"]
+    methods = ["fp32", "fp32-rewind", "fp32-mpe-init", "fp32-rewind-mpe-init", "fp32-fair"]
     methods += ["qat-8bit", "qat-4bit", "qat-2bit"]
     if IS_KERAS_3:
         methods += ["ptq-int8", "ptq-int4"]
@@ -407,7 +510,11 @@ def main() -> None:
     methods += [f"{recipe}-target-{r}" for recipe in ("mpe", "paper") for r in targets]
     methods += [f"threshold-{r}" for r in targets]
     if args.only:
-        unknown = [m for m in args.only.split(",") if m not in methods and not is_recipe(m)]
+        unknown = [
+            m
+            for m in args.only.split(",")
+            if m not in methods and not is_recipe(m) and not re.fullmatch(r"qat-[1-8]bit", m)
+        ]
         if unknown:
             parser.error(
                 f"--only names unknown methods {unknown}; known: {methods}, and "
@@ -428,6 +535,7 @@ def main() -> None:
                 mpe_bits,
                 planted,
                 args.quantizer_scale,
+                args.quantizer_range,
             )
             for seed in range(args.seeds)
         ]

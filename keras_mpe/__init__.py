@@ -8,6 +8,7 @@ from keras_mpe.export import export_saved_model
 from keras_mpe.inspection import inspect
 from keras_mpe.packed_embedding import PackedEmbedding
 from keras_mpe.plotting import plot_precision
+from keras_mpe.quantizer_range import QuantizerRange
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "MixedPrecisionEmbedding",
     "PackedEmbedding",
     "PrecisionSearch",
+    "QuantizerRange",
     "__version__",
     "convert",
     "datasets",

@@ -150,6 +150,9 @@ class PrecisionSearch(keras.callbacks.Callback):
     Attributes:
         reports: after the search, `{layer key: layer.memory_report()}` (the key is
             the layer's name unless several layers share it, see above).
+        clipped_shares: `{layer key: [per-group clipped_shares() at each epoch end]}`;
+            the share over all layers is logged as `mpe_clipped` (per layer as
+            `mpe_clipped_<key>` when there are several).
         best_epoch: the epoch (0-based) whose state was restored.
     """
 
@@ -194,6 +197,7 @@ class PrecisionSearch(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.verbose = verbose
         self.reports: dict[str, dict] = {}
+        self.clipped_shares: dict[str, list[np.ndarray]] = {}
         self.best_epoch: int | None = None
 
     # ------------------------------------------------------------------ start
@@ -335,6 +339,8 @@ class PrecisionSearch(keras.callbacks.Callback):
             for key, layer in zip(self._keys, self._layers, strict=True)
         }
         logs.update(_log_entries(self._layers, reports))
+        for key, layer in zip(self._keys, self._layers, strict=True):
+            self.clipped_shares.setdefault(key, []).append(layer.clipped_shares())
         if self.target_compression is not None and not self._implements_train_batch_hooks():
             for layer in self._layers:
                 self._steer_penalty(layer)
@@ -510,12 +516,21 @@ def _log_entries(layers: list[MixedPrecisionEmbedding], reports: dict[str, dict]
         )
         / values,
         "mpe_compression": float32_bytes / sum(r["total_bytes"] for r in reports.values()),
+        "mpe_clipped": _clipped_share(layers),
     }
     if len(layers) > 1:
-        for key, report in reports.items():
+        for (key, report), layer in zip(reports.items(), layers, strict=True):
             entries[f"mpe_avg_bits_{key}"] = report["average_bits"]
             entries[f"mpe_compression_{key}"] = report["compression_ratio"]
+            entries[f"mpe_clipped_{key}"] = layer.clipped_share()
     return entries
+
+
+def _clipped_share(layers: list[MixedPrecisionEmbedding]) -> float:
+    """The share of the looked-up values beyond the clip over all `layers`: each
+    layer's `clipped_share()` weighted by its lookups times its `output_dim`."""
+    weights = [float(np.sum(layer._lookup_weights())) * layer.output_dim for layer in layers]
+    return float(np.dot([layer.clipped_share() for layer in layers], weights) / sum(weights))
 
 
 def _layer_keys(model: Any, layers: list[MixedPrecisionEmbedding]) -> list[str]:

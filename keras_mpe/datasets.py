@@ -4,6 +4,7 @@
 ground truth; whatever uses it must say that its figures come from synthetic data.
 `load_movielens` fetches MovieLens-100K or -1M from pinned PyPI wheels (see its docstring
 for the GroupLens terms and citation) and returns a CTR view and the TFRS tutorial view.
+`synthetic_interactions` makes two id fields whose only signal is their interaction.
 `load_instacart` fetches a long-tailed sample of Instacart orders the same way.
 """
 
@@ -250,6 +251,77 @@ def synthetic_long_tail(
         ),
     )
     return PlantedLongTail(data, effects)
+
+
+def synthetic_interactions(
+    ids: int = 40_000,
+    edges: int = 80_000,
+    clusters: int = 50,
+    negatives: int = 2,
+    noise: float = 0.2,
+    zipf_exponent: float = 1.0,
+    seed: int = 0,
+) -> CTRData:
+    """Two id fields over one id space (say users and the users they trust) whose only
+    signal is their interaction.
+
+    Each id belongs to one of `clusters` random clusters. A positive edge draws its
+    second id from a Zipf law over all ids (rank `k` with probability proportional to
+    `k ** -zipf_exponent`) and its first id from the same law restricted to the
+    second id's cluster, or, for a share `noise` of the edges, over all ids. Each edge
+    gets `negatives` rows with the same first id and a second id drawn from the Zipf
+    law alone (sampled negatives). So each id alone is as frequent among positives as
+    among negatives, and only the pair (same cluster or not) predicts the label: a
+    model with small embeddings starts on a plateau until its rows have grown. The
+    rows are shuffled, split 80/10/10 and ids renumbered by train frequency. Whatever
+    uses it must say its figures are synthetic.
+
+    Example:
+
+    >>> data = synthetic_interactions(ids=100, edges=300, clusters=5)
+    >>> data.train[0].shape, data.vocabulary_size, float(data.train[1].mean()) < 0.5
+    ((720, 2), 100, True)
+    """
+    _check_synthetic_arguments(
+        zipf_exponent, rows=edges, ids=ids, clusters=clusters, negatives=negatives
+    )
+    if not (checks.is_number(noise) and 0 <= noise <= 1):
+        raise ValueError(f"`noise` must be a number in [0, 1]. Received: noise={noise!r}")
+    rng = np.random.default_rng(seed)
+    law = np.arange(1, ids + 1, dtype=np.float64) ** -float(zipf_exponent)
+    law /= law.sum()
+    cluster = rng.integers(clusters, size=ids)
+    second = rng.choice(ids, size=edges, p=law)
+    first = rng.choice(ids, size=edges, p=law)  # kept for the noisy edges
+    members = np.argsort(cluster, kind="stable")
+    starts = np.searchsorted(cluster[members], np.arange(clusters + 1))
+    clean = rng.random(edges) >= noise
+    for c in range(clusters):
+        edge = clean & (cluster[second] == c)
+        inside = members[starts[c] : starts[c + 1]]
+        first[edge] = rng.choice(inside, size=int(edge.sum()), p=law[inside] / law[inside].sum())
+    negative_first = np.repeat(first, negatives)
+    rows = np.concatenate(
+        [
+            np.stack([first, second], axis=1),
+            np.stack([negative_first, rng.choice(ids, size=negative_first.size, p=law)], 1),
+        ]
+    ).astype(np.int32)
+    labels = np.concatenate([np.ones(edges), np.zeros(negative_first.size)])
+    labels = labels[:, None].astype(np.float32)
+    parts = _split_rows(rows.shape[0], seed=seed)
+    data = CTRData(
+        train=(rows[parts[0]], labels[parts[0]]),
+        validation=(rows[parts[1]], labels[parts[1]]),
+        test=(rows[parts[2]], labels[parts[2]]),
+        vocabulary_size=ids,
+        description=(
+            f"SYNTHETIC interactions: {edges} edges x (1 + {negatives} sampled negatives) "
+            f"over {ids} ids in {clusters} clusters, {noise} of the edges random, Zipf "
+            f"exponent {zipf_exponent}, seed {seed}"
+        ),
+    )
+    return data.ranked_by_frequency()
 
 
 # --------------------------------------------------------------------------------------

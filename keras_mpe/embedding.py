@@ -310,6 +310,130 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         """
         return self.relative_offset * (self.offset_scale * self.quantizer_learning_rate_scale)
 
+    # -------------------------------------------------------- quantizer range
+    def _lookup_weights(self) -> np.ndarray:
+        """Each row's weight in the range statistics: its frequency, or 1 for all rows
+        while no frequencies are known."""
+        frequencies = self.frequencies.numpy().astype(np.float64)
+        return frequencies if frequencies.any() else np.ones(self.input_dim)
+
+    def _table_values(self) -> np.ndarray:
+        table = self.embeddings
+        if isinstance(table, ShardedVariable):  # its gathers would reorder rows
+            table = tf.convert_to_tensor(table)
+        return np.asarray(table.numpy())
+
+    def _current_group_bits(self) -> np.ndarray:
+        """The frozen bits, or in the search those `select_group_bits()` would pick
+        at the final temperature."""
+        if self.state == RETRAIN:
+            return self.group_bits.numpy().astype(np.int64)
+        return self.select_group_bits(self.final_temperature).astype(np.int64)
+
+    def clipped_shares(self, group_bits: Any = None) -> np.ndarray:
+        """Per group, the share of its looked-up values that lie beyond the clip.
+
+        Each row counts with its frequency (all rows alike before `adapt()`), each
+        value at its group's bits and the current step sizes and offset. A clipped
+        value gets no gradient from the quantizer (see `keras_mpe.quantizers`), so a
+        healthy quantizer keeps this share small. Groups at 0 bits, or never looked
+        up, are NaN.
+
+        Args:
+            group_bits: per-group bits `[groups]` from the candidates; by default the
+                frozen bits, or in the search those selected at the final temperature.
+
+        Returns float64 `[groups]`.
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(100, 4, num_groups=2, bit_widths=(0, 4))
+        >>> layer.build()
+        >>> layer.clipped_shares([0, 4]).tolist()
+        [nan, 0.0]
+        >>> _ = layer.embeddings.assign(np.full((100, 4), 1.0, np.float32))
+        >>> layer.clipped_shares([0, 4]).tolist()
+        [nan, 1.0]
+        """
+        clipped, lookups = self._clipped_and_lookups(group_bits)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(np.isnan(clipped), np.nan, clipped / lookups)
+
+    def clipped_share(self, group_bits: Any = None) -> float:
+        """The share of all looked-up values with bits that lie beyond the clip
+        (`clipped_shares()` over the whole table, each group weighted by its lookups);
+        0.0 when no group has bits."""
+        clipped, lookups = self._clipped_and_lookups(group_bits)
+        kept = ~np.isnan(clipped)
+        return float(clipped[kept].sum() / lookups[kept].sum()) if kept.any() else 0.0
+
+    def _clipped_and_lookups(self, group_bits: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Per group, the weight of its clipped values (NaN at 0 bits or without
+        lookups) and of its lookups."""
+        self._build_if_needed()
+        if group_bits is None:
+            bits = self._current_group_bits()
+        else:
+            bits = checks.int_array("group_bits", group_bits, (self.groups,), 0, MAX_BITS)
+            if not np.isin(bits, self.bit_widths).all():
+                raise ValueError(
+                    f"`group_bits` must be taken from the candidates {self.bit_widths}. "
+                    f"Received: group_bits={np.asarray(group_bits).tolist()}"
+                )
+        id_to_group = self.id_to_group.numpy()
+        row_bits = bits[id_to_group]
+        step_sizes = self.candidate_step_sizes().numpy()
+        row_step = step_sizes[self._width_index().numpy()[row_bits]]
+        weights = self._lookup_weights()
+        clipped = quantizers.clipped_share(
+            self._table_values(),
+            row_step[:, None],
+            self.offset.numpy(),
+            row_bits[:, None],
+            weights,
+        )
+        lookups = np.bincount(id_to_group, weights, minlength=self.groups)
+        clipped = np.bincount(id_to_group, clipped, minlength=self.groups)
+        clipped[(bits == 0) | (lookups == 0)] = np.nan
+        return clipped, lookups
+
+    def table_step_sizes(self) -> np.ndarray:
+        """LSQ+'s initial step sizes, taken over the table as it is now.
+
+        `alpha_b = 2 * E|w - beta| / sqrt(2**(b-1))` for each non-zero candidate `b`,
+        the mean over the looked-up values (each row weighted by its frequency, all
+        rows alike before `adapt()`), `beta` the current offset. At build time the
+        step sizes start at this value over the initial table.
+
+        Returns float32 `[number of non-zero candidates]`.
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(10, 2, bit_widths=(0, 1, 3))
+        >>> layer.build()
+        >>> _ = layer.embeddings.assign(np.full((10, 2), 0.5, np.float32))
+        >>> layer.table_step_sizes().tolist()
+        [1.0, 0.5]
+        """
+        self._build_if_needed()
+        weights = self._lookup_weights()
+        deviation = np.abs(self._table_values() - self.offset.numpy()).mean(axis=1)
+        mean_abs = float(np.dot(weights, deviation) / weights.sum())
+        initial = quantizers.initial_step_sizes(mean_abs, self._nonzero_bit_widths)
+        return initial.astype(np.float32)
+
+    def raise_step_sizes(self, reset: bool = False) -> None:
+        """Raises each step size to at least `table_step_sizes()`, so the quantizer's
+        range follows the table as it grows; with `reset`, sets them to it."""
+        fitted = self.table_step_sizes()
+        current = self.step_sizes.numpy()
+        self._assign_step_sizes(fitted if reset else np.maximum(current, fitted))
+
+    def _assign_step_sizes(self, step_sizes: np.ndarray) -> None:
+        self.log_step_sizes.assign(
+            np.log(step_sizes).astype(np.float32) / self.quantizer_learning_rate_scale
+        )
+
     # ------------------------------------------------------------ frequencies
     def adapt(self, data: Any) -> None:
         """Counts id frequencies in `data` and regroups the ids by them.

@@ -142,6 +142,42 @@ def quantize_codes(
     return tf.clip_by_value(tf.round((values - offset) / step_size), low, high)
 
 
+def clipped_share(
+    values: np.ndarray,
+    step_size: np.ndarray,
+    offset: np.ndarray,
+    bits: np.ndarray,
+    weights: np.ndarray,
+) -> np.ndarray:
+    """Per row, the weighted share of its values that lie beyond the clip, in numpy.
+
+    A value is clipped when `(value - offset) / step_size` is below the lowest or
+    above the highest `bits`-bit code: there the quantizer passes it no gradient
+    (see the module docstring). Rows at 0 bits are never clipped.
+
+    Args:
+        values: float `[N, D]`.
+        step_size: float, broadcastable to `[N, D]` (scalar or `[N, 1]`).
+        offset: float `[D]`.
+        bits: int, broadcastable to `[N, D]`.
+        weights: float `[N]`, each row's weight (e.g. its lookup count).
+
+    Returns:
+        float64 `[N]`: `weights * (share of the row's values clipped)`.
+
+    Example:
+
+    >>> clipped_share(np.array([[0.1, 2.0], [-3.0, 0.0]]), 1.0, np.zeros(2), 2,
+    ...               np.array([1.0, 3.0])).tolist()
+    [0.5, 1.5]
+    """
+    bits = np.asarray(bits)
+    half = np.where(bits > 0, 2.0 ** (bits - 1.0), 0.0)
+    v = (np.asarray(values, np.float64) - offset) / step_size
+    outside = ((v < -half) | (v > half - 1.0)) & (bits > 0)
+    return np.asarray(weights, np.float64) * outside.mean(axis=1)
+
+
 def _straight_through_terms(v, low, high, dy):
     """Pieces of the LSQ+ gradient for scaled values `v`: (dL/dw, alpha term, beta term)."""
     below = v < low

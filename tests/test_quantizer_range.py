@@ -1,0 +1,167 @@
+"""The quantizer's range against the table: the clipped share and the step sizes
+re-estimated from the table, checked against hand-computed values."""
+
+import numpy as np
+import pytest
+
+from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, QuantizerRange, quantizers
+from keras_mpe.backend import keras
+from keras_mpe.datasets import synthetic_interactions
+
+
+def test_clipped_share_counts_values_beyond_the_codes_by_row_weight():
+    # 2 bits, step 1, offset 0: codes -2..1, so values below -2 or above 1 are clipped
+    values = np.array([[-2.5, -2.0, 1.0, 1.5], [0.0, 3.0, -9.0, 0.5], [5.0, 5.0, 5.0, 5.0]])
+    bits = np.array([[2], [2], [0]])  # the last row is pruned: never clipped
+    shares = quantizers.clipped_share(values, 1.0, np.zeros(4), bits, np.array([1.0, 2.0, 7.0]))
+    np.testing.assert_allclose(shares, [0.5 * 1, 0.5 * 2, 0.0])  # -2.5 and 1.5; 3 and -9
+    # the offset shifts the range, the step size scales it
+    shifted = quantizers.clipped_share(np.array([[2.4, 3.1]]), 0.5, np.array([2.0, 2.0]), 2, [1])
+    np.testing.assert_allclose(shifted, [0.5])  # (2.4 - 2) / 0.5 = 0.8; (3.1 - 2) / 0.5 = 2.2 > 1
+
+
+def _layer(frequencies):
+    layer = MixedPrecisionEmbedding(
+        4, 2, num_groups=2, bit_widths=(0, 2, 4), frequencies=frequencies
+    )
+    layer.build()
+    return layer
+
+
+def test_layer_clipped_shares_by_hand():
+    # groups go from the rarest to the most frequent: ids 2, 3 in group 0, ids 0, 1 in 1
+    layer = _layer([6, 2, 1, 1])
+    np.testing.assert_array_equal(layer.id_to_group.numpy(), [1, 1, 0, 0])
+    layer._assign_step_sizes(np.array([1.0, 0.25], np.float32))  # 2 bits, 4 bits
+    layer.embeddings.assign(
+        np.array([[0.5, 3.0], [-3.0, -3.0], [1.0, 2.5], [0.0, 0.0]], np.float32)
+    )
+    # group 1 at 2 bits (codes -2..1): id 0 has 1 of 2 values clipped, id 1 has 2 of 2:
+    # (6 * 0.5 + 2 * 1) / 8; group 0 at 4 bits, step 0.25 (codes -8..7, up to 1.75):
+    # id 2 has 1 of 2 clipped, id 3 none: (1 * 0.5 + 0) / 2
+    np.testing.assert_allclose(layer.clipped_shares([4, 2]), [0.25, 5 / 8], rtol=1e-6)
+    assert layer.clipped_share([4, 2]) == pytest.approx((0.5 + 5) / 10)
+    shares = layer.clipped_shares([4, 0])
+    assert np.isnan(shares[1]) and shares[0] == pytest.approx(0.25)
+    assert layer.clipped_share([4, 0]) == pytest.approx(0.25)
+    assert layer.clipped_share([0, 0]) == 0.0
+    with pytest.raises(ValueError, match="candidates"):
+        layer.clipped_shares([3, 4])
+    with pytest.raises(ValueError, match="shape"):
+        layer.clipped_shares([2])
+
+
+def test_table_step_sizes_follow_the_table_and_raise_never_lowers():
+    layer = _layer([3, 1, 0, 0])
+    layer.embeddings.assign(np.array([[0.4, -0.4], [2.0, 2.0], [9.0, 9.0], [9.0, 9.0]]))
+    # frequency-weighted mean |w|: (3 * 0.4 + 1 * 2.0) / 4 = 0.8 (unseen rows weigh 0)
+    expected = [2 * 0.8 / np.sqrt(2.0), 2 * 0.8 / np.sqrt(8.0)]
+    np.testing.assert_allclose(layer.table_step_sizes(), expected, rtol=1e-6)
+    layer._assign_step_sizes(np.array([10.0, 1e-3], np.float32))
+    layer.raise_step_sizes()
+    np.testing.assert_allclose(layer.step_sizes.numpy(), [10.0, expected[1]], rtol=1e-5)
+    layer.raise_step_sizes(reset=True)
+    np.testing.assert_allclose(layer.step_sizes.numpy(), expected, rtol=1e-5)
+
+
+def _model(data, bit_widths=(6,)):
+    keras.utils.set_random_seed(0)
+    layer = MixedPrecisionEmbedding(data.vocabulary_size, 4, num_groups=8, bit_widths=bit_widths)
+    layer.adapt(data.train[0])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(2,), dtype="int32"),
+            layer,
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+    return model, layer
+
+
+def test_search_logs_the_clipped_share_per_group_and_epoch():
+    data = synthetic_interactions(ids=300, edges=1000, clusters=5)
+    model, layer = _model(data)
+    search = PrecisionSearch("loss", verbose=0)
+    history = model.fit(*data.train, epochs=2, batch_size=32, verbose=0, callbacks=[search])
+    clipped = history.history["mpe_clipped"]
+    assert len(clipped) == 2 and all(0.0 <= c <= 1.0 for c in clipped)
+    assert len(search.clipped_shares[layer.name]) == 2
+    per_group = search.clipped_shares[layer.name][-1]
+    assert per_group.shape == (8,)
+    # the logged share is the per-group shares weighted by the groups' lookups
+    lookups = np.bincount(
+        layer.id_to_group.numpy(), layer.frequencies.numpy(), minlength=layer.groups
+    )
+    seen = lookups > 0
+    assert clipped[-1] == pytest.approx(
+        float(np.dot(per_group[seen], lookups[seen]) / lookups[seen].sum())
+    )
+
+
+class _StepSizes(keras.callbacks.Callback):
+    """Records the layer's step sizes and LSQ+'s value over its table after every
+    batch (after the callbacks listed before it)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+        self.seen = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append((self.layer.step_sizes.numpy(), self.layer.table_step_sizes()))
+
+
+@pytest.mark.parametrize("rule", ["floor", "reset"])
+def test_quantizer_range_sets_the_formula_every_few_steps_in_both_phases(rule):
+    data = synthetic_interactions(ids=300, edges=200, clusters=5)  # 480 train rows
+    model, layer = _model(data, bit_widths=(0, 2, 6))
+    every = 3
+    range_rule = QuantizerRange(rule, every=every)
+    for search in ([PrecisionSearch("loss", verbose=0)], []):
+        before, after = _StepSizes(layer), _StepSizes(layer)
+        # 480 rows at batch 64: 8 steps per epoch, 2 epochs; the count runs over epochs
+        model.fit(*data.train, epochs=2, batch_size=64, verbose=0,
+                  callbacks=[*search, before, range_rule, after])  # fmt: skip
+        assert len(after.seen) == 16
+        for step, ((old, fitted), (new, _)) in enumerate(zip(before.seen, after.seen), 1):
+            if step % every:
+                np.testing.assert_array_equal(new, old)
+            elif rule == "reset":
+                np.testing.assert_allclose(new, fitted, rtol=1e-5)
+            else:
+                np.testing.assert_allclose(new, np.maximum(old, fitted), rtol=1e-5)
+    assert layer.state == "retrain"
+
+
+def test_quantizer_range_arguments():
+    with pytest.raises(ValueError, match="rule='max'"):
+        QuantizerRange("max")
+    with pytest.raises(ValueError, match="every=0"):
+        QuantizerRange(every=0)
+    with pytest.raises(ValueError, match="every=2.5"):
+        QuantizerRange(every=2.5)
+
+
+def test_synthetic_interactions_shape_and_sampled_negatives():
+    data = synthetic_interactions(ids=200, edges=2000, clusters=4, negatives=3, seed=2)
+    ids, labels = data.train
+    assert data.vocabulary_size == 200 and ids.shape[1] == 2
+    parts = (data.train, data.validation, data.test)
+    assert sum(part[0].shape[0] for part in parts) == 8000
+    rows = np.concatenate([part[0] for part in parts])
+    edge = np.concatenate([part[1] for part in parts])[:, 0] == 1
+    assert edge.sum() == 2000  # one positive per three sampled negatives
+    # each edge's first id comes with three negatives: per first id, 3x as many negatives
+    first_positive = np.bincount(rows[edge, 0], minlength=200)
+    np.testing.assert_array_equal(np.bincount(rows[~edge, 0], minlength=200), 3 * first_positive)
+    assert ids.min() >= 0 and ids.max() < 200
+    again = synthetic_interactions(ids=200, edges=2000, clusters=4, negatives=3, seed=2)
+    np.testing.assert_array_equal(again.train[0], ids)
+    assert "SYNTHETIC" in data.description
+    with pytest.raises(ValueError, match="negatives=0"):
+        synthetic_interactions(negatives=0)
+    with pytest.raises(ValueError, match="noise=1.5"):
+        synthetic_interactions(noise=1.5)
