@@ -26,8 +26,8 @@ class QuantizerRange(keras.callbacks.Callback):
     value. The estimate reads only the layer's variables (the table, weighted by the
     id frequencies from `adapt()`), so every replica of a distributed model computes
     the same step sizes. Pass the same callback to the search's `fit` and to the
-    retrain's, so the range follows the table in both phases. Batch-level callbacks
-    do not run under tf-keras's `ParameterServerStrategy`: there it does nothing.
+    retrain's, so the range follows the table in both phases. It is a batch-level
+    callback, which tf-keras's `fit` refuses under `ParameterServerStrategy`.
 
     Example:
 
