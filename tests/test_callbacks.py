@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_mpe
 from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, callbacks, precision
 from keras_mpe.backend import keras
 from keras_mpe.datasets import synthetic_ctr
@@ -254,8 +253,7 @@ def test_several_layers_get_their_own_log_entries(data):
     assert first.state == second.state == "retrain"
 
 
-def test_tensorboard_histograms_and_plot(data, tmp_path):
-    pytest.importorskip("matplotlib")
+def test_tensorboard_histograms(data, tmp_path):
     model, layer = _model(data.vocabulary_size)
     log_dir = str(tmp_path / "logs")
     model.fit(
@@ -270,20 +268,6 @@ def test_tensorboard_histograms_and_plot(data, tmp_path):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, "mpe", name)):
             tags += [(value.tag, event.step) for value in event.summary.value]
     assert sorted(tags) == [("mpe/expected_bits", 0), ("mpe/expected_bits", 1)]
-    path = str(tmp_path / "precision.png")
-    keras_mpe.plot_precision(model, path)
-    with open(path, "rb") as file:
-        assert file.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def test_plot_precision_without_matplotlib_says_how_to_install(monkeypatch, tmp_path):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    layer = MixedPrecisionEmbedding(10, 2, num_groups=2)
-    layer.build()
-    with pytest.raises(ImportError, match="pip install matplotlib"):
-        keras_mpe.plot_precision(layer, str(tmp_path / "p.png"))
 
 
 @pytest.mark.parametrize(
