@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mpe import checks, precision, search_backup, table_files
-from keras_mpe.backend import keras
+from keras_mpe.backend import flatten_layers, keras
 from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding, find_mixed_precision_layers
 
 # With `target_compression`, the bit penalty is updated this many times over a search
@@ -563,7 +563,7 @@ def _layer_keys(model: Any, layers: list[MixedPrecisionEmbedding]) -> list[str]:
     paths: dict[int, str] = {}
 
     def walk(parent: Any, prefix: str) -> None:
-        for child in parent._flatten_layers(include_self=False, recursive=False):
+        for child in flatten_layers(parent, include_self=False, recursive=False):
             paths.setdefault(id(child), prefix + child.name)
             walk(child, prefix + child.name + "/")
 
