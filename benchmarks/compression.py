@@ -33,7 +33,8 @@ Methods (each for every seed, all with the same model and the same total epochs)
   steering the penalty and `fit_to_budget` ending the search. Deviations combine, e.g.
   `paper+sample+anneal-target-16` (the defaults with the paper's step sizes).
 - `mpe-<penalty>`, `mpe-target-<R>`: the layer's and `PrecisionSearch`'s defaults (all
-  four deviations on), with a fixed penalty or with `target_compression=R`.
+  four deviations on, and the search's quantizer-range floor, which the `paper` recipes
+  leave off), with a fixed penalty or with `target_compression=R`.
 Each run is read at its best validation-AUC epoch (for two-phase methods, in the second
 phase). Each also reports the size of its SavedModel (`keras_mpe.export_saved_model`
 for MixedPrecisionEmbedding models, Keras's `model.export` for the others). Prints a
@@ -43,8 +44,9 @@ PNG of test AUC minus the fair float32 baseline against compression.
     python benchmarks/compression.py --data synthetic --seeds 1 --epochs 2 --only mpe-target-8
     python benchmarks/compression.py --data instacart --only fp32-rewind-mpe-init,paper-1e-4
 
-`--quantizer-range floor` (or `reset`) adds `keras_mpe.QuantizerRange` to both fits of
-the MPE and QAT runs, the search and the retrain.
+`--quantizer-range` sets the search's rule for the step sizes (`PrecisionSearch`'s
+`quantizer_range`: `floor`, the default, `reset` or `none`) in the MPE and QAT runs;
+`--retrain-range floor` (or `reset`) adds `keras_mpe.QuantizerRange` to their retrain.
 
 On `long-tail-synthetic` each row also reports the share of the signal-carrying
 lookups (see `keras_mpe.datasets.synthetic_long_tail`) that land on rows with bits.
@@ -335,7 +337,8 @@ def run_method(
     mpe_bits: tuple[int, ...],
     planted=None,
     quantizer_scale: float | None = None,
-    quantizer_range: str | None = None,
+    quantizer_range: str | None = "floor",
+    retrain_range: str | None = None,
 ) -> dict:
     train, validation, test, vocabulary, _ = data
     fields, dim = train[0].shape[1], 16
@@ -411,7 +414,8 @@ def run_method(
         layer_class, options, search = mpe_recipe(method, mpe_bits)
     if quantizer_scale is not None and layer_class is keras_mpe.MixedPrecisionEmbedding:
         options["quantizer_learning_rate_scale"] = quantizer_scale
-    ranges = [keras_mpe.QuantizerRange(quantizer_range)] if quantizer_range else []
+    search = {"quantizer_range": quantizer_range, **search}  # the paper's recipe has none
+    retrain = [keras_mpe.QuantizerRange(retrain_range)] if retrain_range else []
     layer = layer_class(vocabulary, dim, **options)
     layer.adapt(train[0])
     model = build(layer, fields)
@@ -422,9 +426,9 @@ def run_method(
         test,
         epochs - half,
         batch,
-        [keras_mpe.PrecisionSearch(monitor="val_auc", verbose=0, **search), *ranges],
+        [keras_mpe.PrecisionSearch(monitor="val_auc", verbose=0, **search)],
     )
-    reader = fit(model, train, validation, test, half, batch, ranges, compile_model=False)
+    reader = fit(model, train, validation, test, half, batch, retrain, compile_model=False)
     return mpe_result(model, layer, reader, planted)
 
 
@@ -433,7 +437,7 @@ def run_method(
 PAPER = (
     DirectQuantizerEmbedding,
     {"search_forward": "expectation"},
-    {"initial_temperature": None},
+    {"initial_temperature": None, "quantizer_range": None},
 )
 DEVIATIONS = {
     "sample": (None, {"search_forward": "sample"}, {}),
@@ -521,9 +525,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--quantizer-range",
+        choices=[*keras_mpe.quantizer_range.RULES, "none"],
+        default="floor",
+        help="PrecisionSearch's quantizer_range in the MPE and QAT runs (none: off)",
+    )
+    parser.add_argument(
+        "--retrain-range",
         choices=keras_mpe.quantizer_range.RULES,
         default=None,
-        help="add keras_mpe.QuantizerRange with this rule to both fits of the MPE and QAT runs",
+        help="add keras_mpe.QuantizerRange with this rule to the retrain of the MPE and QAT runs",
     )
     parser.add_argument(
         "--mpe-bits", default="0,1,2,3,4,5,6", help="candidate bit-widths of the MPE runs"
@@ -589,7 +599,8 @@ def main() -> None:
                 mpe_bits,
                 planted,
                 args.quantizer_scale,
-                args.quantizer_range,
+                None if args.quantizer_range == "none" else args.quantizer_range,
+                args.retrain_range,
             )
             for seed in range(args.seeds)
         ]

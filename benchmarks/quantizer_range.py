@@ -4,12 +4,14 @@ For each seed, runs each candidate with `benchmarks/compression.py`'s `run_metho
 (same model, 12 epochs: 6 of search and 6 of retrain, read at the best validation-AUC
 epoch) and prints one `RESULT` line per run: test AUC, logloss, compression and the
 clipped share (`MixedPrecisionEmbedding.clipped_share()`) at the best epoch. A
-candidate is a method, optionally with `@floor` or `@reset` (`keras_mpe.QuantizerRange`
-with that rule in both fits) or `@scale<S>` (`quantizer_learning_rate_scale=S`). With
+candidate is a method (the search floors the step sizes by default, see
+`PrecisionSearch`'s `quantizer_range`), optionally with `@none` (no rule in the
+search), `@floor` or `@reset` (that rule in the search, and `keras_mpe.QuantizerRange`
+with it in the retrain) or `@scale<S>` (`quantizer_learning_rate_scale=S`). With
 `MPE_BENCH_VERBOSE=1` each epoch's validation AUC and clipped share are printed too.
 
     MPE_BENCH_VERBOSE=1 python benchmarks/quantizer_range.py interactions 2048 0,1,2 \\
-        fp32-fair,mpe-target-16,mpe-target-16@floor,mpe-target-16@scale100
+        fp32-fair,mpe-target-16,mpe-target-16@none,mpe-target-16@floor
 """
 
 import argparse
@@ -36,12 +38,24 @@ def main() -> None:
     for seed in map(int, args.seeds.split(",")):
         for candidate in args.candidates.split(","):
             method, _, option = candidate.partition("@")
-            rule = option if option in ("floor", "reset") else None
-            scale = float(option.removeprefix("scale")) if option.startswith("scale") else None
+            search_rule = None if option == "none" else option or "floor"
+            retrain_rule = option if option in ("floor", "reset") else None
+            scale = None
+            if option.startswith("scale"):
+                search_rule, scale = "floor", float(option.removeprefix("scale"))
             start = time.time()
             print(f"== {args.data} {candidate} seed {seed}", flush=True)
             r = compression.run_method(
-                method, seed, data, EPOCHS, args.batch, BITS, None, scale, rule
+                method,
+                seed,
+                data,
+                EPOCHS,
+                args.batch,
+                BITS,
+                None,
+                scale,
+                search_rule,
+                retrain_rule,
             )
             print(
                 f"RESULT {args.data} {candidate} seed {seed} auc {r['auc']:.4f} "

@@ -240,6 +240,8 @@ def train(tf, strategy, args) -> None:
         monitor="auc",
         target_compression=args.target_compression,
         backup_dir=backup_dir,
+        # the default floors the step sizes every 50 steps; the smoke run has 32
+        quantizer_range=keras_mpe.QuantizerRange(every=5) if args.smoke else "floor",
         verbose=0,
     )
     model.fit(train_data, epochs=epochs, callbacks=[search], verbose=0, **fit_args)

@@ -12,6 +12,8 @@ import tensorflow as tf
 from keras_mpe import checks, precision, search_backup, table_files
 from keras_mpe.backend import flatten_layers, keras
 from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding, find_mixed_precision_layers
+from keras_mpe.quantizer_range import RULES as RANGE_RULES
+from keras_mpe.quantizer_range import QuantizerRange
 
 # With `target_compression`, the bit penalty is updated this many times over a search
 # (at least every step when the search is shorter) ...
@@ -35,6 +37,8 @@ class PrecisionSearch(keras.callbacks.Callback):
       fit, so the precision distributions explore before they settle;
     - with `target_compression=R`, steers each layer's bit penalty so the table's
       compression ratio (with overhead) approaches `1.05 * R` (the rule is below);
+    - every 50 steps raises each layer's step sizes to at least LSQ+'s initial value
+      over its table as it is now (`quantizer_range`, see below);
     - at each epoch end adds `mpe_avg_bits` and `mpe_compression` (of the bits that
       would be selected if the search ended now, i.e. at the final temperature) to
       the logs, so they reach the progress bar, `History`
@@ -64,6 +68,18 @@ class PrecisionSearch(keras.callbacks.Callback):
     the first third of a search the logits can move by about `lr * steps`, far
     less than the temperature. The step sizes and the offset are re-parameterised
     for the same reason (see `quantizer_learning_rate_scale` of the layer).
+
+    **Quantizer range.** LSQ passes no gradient to a value beyond the clip, so a
+    table whose rows outgrow their learned step sizes stops learning there. By
+    default (`quantizer_range="floor"`) the search runs a
+    `keras_mpe.QuantizerRange("floor")` (every 50 steps, each step size is raised to
+    at least `layer.table_step_sizes()`, never lowered), so the range follows the
+    table as it grows; `"reset"` sets the step sizes to that value instead, a
+    `QuantizerRange` instance chooses the interval too, and `None` leaves the step
+    sizes to the optimizer. The retrain starts from the best epoch's step sizes;
+    pass a `QuantizerRange` to the retrain's `fit` to apply the rule there too.
+    Without batch hooks (`ParameterServerStrategy`) the rule runs at each epoch's
+    start.
 
     **Memory budget.** With `target_compression=R` the layers' `bit_penalty`
     variables are controlled: `PENALTY_UPDATES` times over the search, each is
@@ -145,6 +161,9 @@ class PrecisionSearch(keras.callbacks.Callback):
         backup_dir: optional directory for the state that makes a search resumable.
         log_dir: optional TensorBoard log directory; per epoch, a histogram of each
             layer's per-group expected bits is written under `<log_dir>/mpe`.
+        quantizer_range: the rule that keeps the step sizes on the tables during the
+            search (see above): `"floor"` (default), `"reset"`, a
+            `keras_mpe.QuantizerRange`, or `None` for none.
         verbose: 0 for silence, 1 to print the summary at the end.
 
     Attributes:
@@ -165,6 +184,7 @@ class PrecisionSearch(keras.callbacks.Callback):
         initial_temperature: float | None = 1.0,
         backup_dir: str | None = None,
         log_dir: str | None = None,
+        quantizer_range: str | QuantizerRange | None = "floor",
         verbose: int = 1,
     ) -> None:
         super().__init__()
@@ -195,6 +215,20 @@ class PrecisionSearch(keras.callbacks.Callback):
             None if backup_dir is None else checks.local_path("backup_dir", backup_dir)
         )
         self.log_dir = log_dir
+        if not (
+            quantizer_range is None
+            or quantizer_range in RANGE_RULES
+            or isinstance(quantizer_range, QuantizerRange)
+        ):
+            raise ValueError(
+                f"`quantizer_range` must be one of {RANGE_RULES}, a "
+                f"keras_mpe.QuantizerRange or None. Received: quantizer_range={quantizer_range!r}"
+            )
+        self.quantizer_range = (
+            QuantizerRange(quantizer_range)
+            if isinstance(quantizer_range, str)
+            else quantizer_range
+        )
         self.verbose = verbose
         self.reports: dict[str, dict] = {}
         self.clipped_shares: dict[str, list[np.ndarray]] = {}
@@ -237,6 +271,9 @@ class PrecisionSearch(keras.callbacks.Callback):
             if self.log_dir
             else None
         )
+        if self.quantizer_range is not None:
+            self.quantizer_range.set_model(self.model)
+            self.quantizer_range.on_train_begin()
 
     def _check_layer(self, layer: MixedPrecisionEmbedding) -> None:
         if not layer.built:  # a subclassed model builds its layers in the first step,
@@ -268,6 +305,8 @@ class PrecisionSearch(keras.callbacks.Callback):
         self._epoch = epoch
         if not self._steps:
             self._set_temperature((epoch + 1) / self._epochs)
+        if self.quantizer_range is not None and not self._implements_train_batch_hooks():
+            self.quantizer_range.update()
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self._steps:
@@ -280,6 +319,8 @@ class PrecisionSearch(keras.callbacks.Callback):
             self._stop_on_non_finite(f"the loss is {float(logs['loss'])} at batch {batch}")
         if not self._monitor_checked:
             self._check_monitor_is_logged(logs)
+        if self.quantizer_range is not None:
+            self.quantizer_range.on_train_batch_end(batch, logs)
         if self.target_compression is None:
             return
         total = self._epochs * self._steps if self._steps else PENALTY_UPDATES

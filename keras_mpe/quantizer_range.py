@@ -5,7 +5,7 @@ when a table's rows grow faster than its learned step sizes, more and more of th
 sit beyond the clip and stop learning; `MixedPrecisionEmbedding.clipped_share()`
 measures that share. `QuantizerRange` re-estimates the step sizes from the table
 with LSQ+'s initial formula (`MixedPrecisionEmbedding.table_step_sizes()`) every few
-steps, in the search and in the retrain alike.
+steps. `PrecisionSearch` runs one during the search by default.
 """
 
 from typing import Any
@@ -25,17 +25,21 @@ class QuantizerRange(keras.callbacks.Callback):
     (the learned step size keeps any larger range); `rule="reset"` sets it to that
     value. The estimate reads only the layer's variables (the table, weighted by the
     id frequencies from `adapt()`), so every replica of a distributed model computes
-    the same step sizes. Pass the same callback to the search's `fit` and to the
-    retrain's, so the range follows the table in both phases. It is a batch-level
-    callback, which tf-keras's `fit` refuses under `ParameterServerStrategy`.
+    the same step sizes. Steps are counted by the optimizer's `iterations`, so a fit
+    resumed by `keras.callbacks.BackupAndRestore` keeps the schedule.
+
+    `PrecisionSearch` runs a `QuantizerRange("floor")` during the search unless told
+    otherwise (its `quantizer_range` argument); pass one to the retrain's `fit` to
+    apply the rule there too. It is a batch-level callback, which tf-keras's `fit`
+    refuses under `ParameterServerStrategy`.
 
     Example:
 
     ```python
-    range_rule = keras_mpe.QuantizerRange("floor")
-    search = keras_mpe.PrecisionSearch(monitor="val_auc")
-    model.fit(x, y, validation_data=(vx, vy), epochs=3, callbacks=[search, range_rule])
-    model.fit(x, y, validation_data=(vx, vy), epochs=3, callbacks=[range_rule])
+    search = keras_mpe.PrecisionSearch(monitor="val_auc")  # floors the search's range
+    model.fit(x, y, validation_data=(vx, vy), epochs=3, callbacks=[search])
+    model.fit(x, y, validation_data=(vx, vy), epochs=3,
+              callbacks=[keras_mpe.QuantizerRange("floor")])
     ```
 
     Args:
@@ -49,14 +53,16 @@ class QuantizerRange(keras.callbacks.Callback):
             raise ValueError(f"`rule` must be one of {RULES}. Received: rule={rule!r}")
         self.rule = rule
         self.every = checks.positive_int("every", every)
-        self._steps = 0
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._layers = find_mixed_precision_layers(self.model)
-        self._steps = 0
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._steps += 1
-        if self._steps % self.every == 0:
-            for layer in self._layers:
-                layer.raise_step_sizes(reset=self.rule == "reset")
+        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
+            self.update()
+
+    def update(self) -> None:
+        """Sets the step sizes of every MixedPrecisionEmbedding of the model by the
+        rule, now (`fit` calls it every `every` steps)."""
+        for layer in self._layers:
+            layer.raise_step_sizes(reset=self.rule == "reset")

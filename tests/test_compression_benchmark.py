@@ -22,11 +22,14 @@ def test_the_paper_recipe_and_each_deviation():
     layer_class, options, search = compression.mpe_recipe("paper-1e-4", BITS)
     assert layer_class is compression.DirectQuantizerEmbedding
     assert options == {"search_forward": "expectation", "bit_widths": BITS, "bit_penalty": 1e-4}
-    assert search == {"initial_temperature": None}
+    # the paper's search: a fixed temperature, no quantizer-range floor
+    paper_search = {"initial_temperature": None, "quantizer_range": None}
+    assert search == paper_search
     _, options, search = compression.mpe_recipe("paper+sample-3e-5", BITS)
-    assert options["search_forward"] == "sample" and search == {"initial_temperature": None}
+    assert options["search_forward"] == "sample" and search == paper_search
     _, options, search = compression.mpe_recipe("paper+anneal-1e-4", BITS)
-    assert options["search_forward"] == "expectation" and search == {"initial_temperature": 1.0}
+    assert options["search_forward"] == "expectation"
+    assert search == {**paper_search, "initial_temperature": 1.0}
     layer_class, _, _ = compression.mpe_recipe("paper+logsteps-1e-4", BITS)
     assert layer_class is keras_mpe.MixedPrecisionEmbedding
     _, options, search = compression.mpe_recipe("paper-target-16", BITS)

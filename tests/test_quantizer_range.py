@@ -120,11 +120,12 @@ def test_quantizer_range_sets_the_formula_every_few_steps_in_both_phases(rule):
     model, layer = _model(data, bit_widths=(0, 2, 6))
     every = 3
     range_rule = QuantizerRange(rule, every=every)
-    for search in ([PrecisionSearch("loss", verbose=0)], []):
+    # the search runs it as its `quantizer_range`, the retrain as a callback of its own
+    for callback in (PrecisionSearch("loss", verbose=0, quantizer_range=range_rule), range_rule):
         before, after = _StepSizes(layer), _StepSizes(layer)
         # 480 rows at batch 64: 8 steps per epoch, 2 epochs; the count runs over epochs
         model.fit(*data.train, epochs=2, batch_size=64, verbose=0,
-                  callbacks=[*search, before, range_rule, after])  # fmt: skip
+                  callbacks=[before, callback, after])  # fmt: skip
         assert len(after.seen) == 16
         for step, ((old, fitted), (new, _)) in enumerate(zip(before.seen, after.seen), 1):
             if step % every:
@@ -136,6 +137,24 @@ def test_quantizer_range_sets_the_formula_every_few_steps_in_both_phases(rule):
     assert layer.state == "retrain"
 
 
+def test_the_search_floors_the_range_every_50_steps_by_default():
+    default = PrecisionSearch().quantizer_range
+    assert (default.rule, default.every) == ("floor", 50)
+    assert PrecisionSearch(quantizer_range="reset").quantizer_range.rule == "reset"
+    # without a rule the search leaves the step sizes to the optimizer
+    data = synthetic_interactions(ids=300, edges=200, clusters=5)
+    model, layer = _model(data, bit_widths=(0, 2, 6))
+    layer._assign_step_sizes(np.array([1e-6, 1e-6], np.float32))  # far below the formula
+    before, after = _StepSizes(layer), _StepSizes(layer)
+    search = PrecisionSearch("loss", verbose=0, quantizer_range=None)
+    model.fit(*data.train, epochs=1, batch_size=8, verbose=0,
+              callbacks=[before, search, after])  # fmt: skip
+    assert len(after.seen) == 60
+    for (old, fitted), (new, _) in zip(before.seen, after.seen):
+        np.testing.assert_array_equal(new, old)
+        assert (new < fitted).all()
+
+
 def test_quantizer_range_arguments():
     with pytest.raises(ValueError, match="rule='max'"):
         QuantizerRange("max")
@@ -143,6 +162,10 @@ def test_quantizer_range_arguments():
         QuantizerRange(every=0)
     with pytest.raises(ValueError, match="every=2.5"):
         QuantizerRange(every=2.5)
+    with pytest.raises(ValueError, match="quantizer_range='max'"):
+        PrecisionSearch(quantizer_range="max")
+    with pytest.raises(ValueError, match="quantizer_range=50"):
+        PrecisionSearch(quantizer_range=50)
 
 
 def test_synthetic_interactions_shape_and_sampled_negatives():
