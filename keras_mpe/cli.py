@@ -25,7 +25,7 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any
 
-from keras_mpe import checks
+from keras_mpe import checks, codec
 from keras_mpe.inspection import inspect
 
 
@@ -48,7 +48,7 @@ def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
          4       1     250
       average bits      1.500 per value
       payload            3000 bytes
-      overhead            128 bytes (step sizes, offset, 3 int32 per group)
+      overhead            128 bytes (step sizes, offset, 3 uint32 per group)
       total              3128 bytes (float32 table: 64000 bytes)
       compression       20.46x with overhead, 21.33x payload only
     """
@@ -63,7 +63,7 @@ def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
         for bits, groups in report["bits_histogram"].items():
             rows = report["rows_histogram"][bits]
             lines.append(f"  {bits:>4}  {groups:>6}  {rows:>6}")
-        overhead = "step sizes, offset, 3 int32 per group"
+        overhead = f"step sizes, offset, {len(codec.GROUP_FIELDS)} uint32 per group"
         if report["permutation"]:
             overhead += ", id permutation"
         lines += [

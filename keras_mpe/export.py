@@ -31,12 +31,12 @@ def export_saved_model(
 
     Every `MixedPrecisionEmbedding` of the model gets a packed twin
     (`keras_mpe.PackedEmbedding.from_layer`; the model itself stays trainable), and
-    the serving functions
-    are traced with each layer's call routed to its twin, so the SavedModel stores
-    each table once, as uint32 words, unpacked inside the serving graph for the
-    looked-up ids only. Any Keras model works: functional, `Sequential`, subclassed,
-    `tfrs.models.Model`. Only the variables the serving functions read are saved
-    (no optimizer slots, no float table).
+    the serving functions are traced with each layer's call routed to its twin, so
+    the SavedModel stores each table once, in the packed layout of
+    `keras_mpe.codec`, decoded inside the serving graph for the looked-up ids only.
+    Any Keras model works: functional, `Sequential`, subclassed,
+    `tfrs.models.Model`. Only the variables the serving functions read are saved (no
+    optimizer slots, no float table).
 
     Signatures: `serving_default` over the model's inputs, and `serving_xla`, the
     same compiled with XLA (TF Serving runs it on CPU with
