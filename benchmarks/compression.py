@@ -14,6 +14,10 @@ Methods (each for every seed, all with the same model and the same total epochs)
   training, two phases like MPE.
 - `ptq-int8`, `ptq-int4` (Keras 3 only): the trained `fp32` model's table quantized after
   training with `Embedding.quantize(mode)`.
+- `prune-int4-<R>`: the practitioners' baseline: the trained `fp32` model's table
+  after `keras_mpe.demo.post_training_table`, int4 per row with only the most frequent
+  ids kept, as many as fit `R`x compression (the others look up zeros; an int32 remap
+  counted unless the kept ids are the first ids).
 - `paper-<penalty>`: the paper's recipe: the expectation over the widths as the
   search's forward, a fixed temperature (the
   layer's `final_temperature`, 3e-3), that fixed bit penalty, step sizes and offset
@@ -63,6 +67,7 @@ import keras_mpe
 import keras_mpe.datasets
 from keras_mpe.backend import IS_KERAS_3, keras
 from keras_mpe.datasets import synthetic_ctr
+from keras_mpe.demo import post_training_table
 from keras_mpe.plotting import pyplot
 from keras_mpe.precision import fit_to_budget
 
@@ -292,7 +297,7 @@ def run_method(
     half = epochs // 2
     if method == "fp32-fair":
         return fair_float32(seed, data, epochs, batch)
-    if method.startswith(("fp32", "ptq")):
+    if method.startswith(("fp32", "ptq", "prune")):
         initializer = "uniform"  # keras.layers.Embedding's default, U(-0.05, 0.05)
         if method.endswith("mpe-init"):
             initializer = keras_mpe.MixedPrecisionEmbedding(1, 1).embeddings_initializer
@@ -328,7 +333,25 @@ def run_method(
                 "payload_ratio": 32 / bits,
                 "bytes": size,
             }
+        if method.startswith("prune"):
+            target = float(method.split("-")[2])
+            trained = layer.get_weights()[0]
+            keep = int(4 * vocabulary * dim / target // (dim * 4 / 8 + 4))
+            frequencies = np.bincount(train[0].reshape(-1), minlength=vocabulary)
+            table, size = post_training_table(trained, 4, frequencies, min(keep, vocabulary))
+            layer.set_weights([table])
+            scores = model.evaluate(*test, batch_size=8192, verbose=0, return_dict=True)
+            result = {
+                "auc": scores["auc"],
+                "loss": scores["loss"],
+                "bits": 8 * size / (vocabulary * dim),
+                "ratio": 4 * vocabulary * dim / size,
+                "payload_ratio": 4 * vocabulary * dim / size,
+                "bytes": size,
+            }
         kept = np.nan if planted is None else 1.0
+        if planted is not None and method.startswith("prune"):
+            kept = planted.signal_mass_kept(np.any(table != 0, axis=1))
         return {
             **result,
             "clipped": np.nan,
@@ -509,6 +532,7 @@ def main() -> None:
         methods += [f"{recipe}-{p}" for p in penalties]
     methods += [f"{recipe}-target-{r}" for recipe in ("mpe", "paper") for r in targets]
     methods += [f"threshold-{r}" for r in targets]
+    methods += [f"prune-int4-{r}" for r in targets]
     if args.only:
         unknown = [
             m
@@ -639,7 +663,7 @@ def curve_name(method: str) -> str:
     """The line a method's point belongs to: its name without the budget
     (`paper+sample-1e-4` -> `paper+sample`, `mpe-target-16` -> `mpe-target`)."""
     recipe, _, budget = method.partition("-")
-    if recipe in ("fp32", "ptq", "qat"):
+    if recipe in ("fp32", "ptq", "qat", "prune"):
         return recipe
     return f"{recipe}-target" if budget.startswith("target-") else recipe
 

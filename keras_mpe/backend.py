@@ -23,6 +23,30 @@ def losses_of_this_call(layer) -> list:
     return layer._losses if IS_KERAS_3 else layer._eager_losses
 
 
+def flatten_layers(layer: Any, include_self: bool = True, recursive: bool = True) -> list:
+    """`layer` and the layers inside it, each once, depth first.
+
+    Keras's private `Layer._flatten_layers`, which both flavours have, called from this
+    one place: it finds layers however they are held (a model's layers, a layer set
+    as an attribute of another, the layers of a nested model).
+
+    Args:
+        layer: a layer or model.
+        include_self: whether `layer` itself comes first.
+        recursive: whether the layers inside the layers inside `layer` come too.
+
+    Example:
+
+    >>> tower = keras.Sequential([keras.layers.Dense(2)], name="tower")
+    >>> model = keras.Sequential([tower, keras.layers.Dense(1)], name="model")
+    >>> [type(layer).__name__ for layer in flatten_layers(model)]
+    ['Sequential', 'Sequential', 'Dense', 'Dense']
+    >>> [type(layer).__name__ for layer in flatten_layers(model, False, False)]
+    ['Sequential', 'Dense']
+    """
+    return list(layer._flatten_layers(include_self=include_self, recursive=recursive))
+
+
 def set_variable_trainable(layer, variable, trainable: bool) -> None:
     """Marks one of `layer`'s own variables trainable or not, in either flavour.
 

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mpe import checks, precision, search_backup, table_files
-from keras_mpe.backend import keras
+from keras_mpe.backend import flatten_layers, keras
 from keras_mpe.embedding import SEARCH, MixedPrecisionEmbedding, find_mixed_precision_layers
 
 # With `target_compression`, the bit penalty is updated this many times over a search
@@ -338,9 +338,10 @@ class PrecisionSearch(keras.callbacks.Callback):
             key: layer.memory_report(_selection(layer))
             for key, layer in zip(self._keys, self._layers, strict=True)
         }
-        logs.update(_log_entries(self._layers, reports))
-        for key, layer in zip(self._keys, self._layers, strict=True):
-            self.clipped_shares.setdefault(key, []).append(layer.clipped_shares())
+        shares = [layer.clipped_shares() for layer in self._layers]  # one pass per table
+        logs.update(_log_entries(self._layers, reports, shares))
+        for key, layer_shares in zip(self._keys, shares, strict=True):
+            self.clipped_shares.setdefault(key, []).append(layer_shares)
         if self.target_compression is not None and not self._implements_train_batch_hooks():
             for layer in self._layers:
                 self._steer_penalty(layer)
@@ -468,7 +469,11 @@ class PrecisionSearch(keras.callbacks.Callback):
 
     def _save_backup(self) -> None:
         backup = search_backup.SearchBackup(
-            self._best_value, self.best_epoch, self._best_states, self._initial_tables
+            self._best_value,
+            self.best_epoch,
+            self._best_states,
+            self._initial_tables,
+            self._table_fingerprints,
         )
         search_backup.save(self.backup_dir, self._backup_identity(), backup)
 
@@ -490,9 +495,7 @@ class PrecisionSearch(keras.callbacks.Callback):
         if backup is None:
             return
         self._initial_tables = backup.initial_tables
-        self._table_fingerprints = [
-            search_backup.fingerprint(table) for table in self._initial_tables
-        ]
+        self._table_fingerprints = backup.initial_fingerprints
         self._best_value = backup.best_value
         self.best_epoch = backup.best_epoch
         self._best_states = backup.best_states
@@ -504,9 +507,14 @@ def _selection(layer: MixedPrecisionEmbedding) -> np.ndarray:
     return layer.select_group_bits(layer.final_temperature)
 
 
-def _log_entries(layers: list[MixedPrecisionEmbedding], reports: dict[str, dict]) -> dict:
-    """`mpe_avg_bits` and `mpe_compression` over all tables, and per layer if several
-    (`reports` maps each layer's key to its memory report, in the order of `layers`)."""
+def _log_entries(
+    layers: list[MixedPrecisionEmbedding], reports: dict[str, dict], shares: list[np.ndarray]
+) -> dict:
+    """`mpe_avg_bits`, `mpe_compression` and `mpe_clipped` over all tables, and per layer
+    if several (`reports` maps each layer's key to its memory report, in the order of
+    `layers`; `shares` holds each layer's `clipped_shares()`)."""
+    lookups = [_group_lookups(layer) for layer in layers]
+    clipped = [_clipped_share(s, n) for s, n in zip(shares, lookups, strict=True)]
     values = sum(layer.input_dim * layer.output_dim for layer in layers)
     float32_bytes = sum(r["float32_bytes"] for r in reports.values())
     entries = {
@@ -516,21 +524,36 @@ def _log_entries(layers: list[MixedPrecisionEmbedding], reports: dict[str, dict]
         )
         / values,
         "mpe_compression": float32_bytes / sum(r["total_bytes"] for r in reports.values()),
-        "mpe_clipped": _clipped_share(layers),
+        "mpe_clipped": _overall_clipped_share(layers, clipped, lookups),
     }
     if len(layers) > 1:
-        for (key, report), layer in zip(reports.items(), layers, strict=True):
+        for (key, report), share in zip(reports.items(), clipped, strict=True):
             entries[f"mpe_avg_bits_{key}"] = report["average_bits"]
             entries[f"mpe_compression_{key}"] = report["compression_ratio"]
-            entries[f"mpe_clipped_{key}"] = layer.clipped_share()
+            entries[f"mpe_clipped_{key}"] = share
     return entries
 
 
-def _clipped_share(layers: list[MixedPrecisionEmbedding]) -> float:
+def _group_lookups(layer: MixedPrecisionEmbedding) -> np.ndarray:
+    """Per group, the weight of its lookups, as `clipped_shares()` weighs them."""
+    weights = layer._lookup_weights()  # the layer's one statement of the weighting rule
+    return np.bincount(layer.id_to_group.numpy(), weights, minlength=layer.groups)
+
+
+def _clipped_share(shares: np.ndarray, lookups: np.ndarray) -> float:
+    """A layer's `clipped_share()` from its `clipped_shares()`: the groups with a
+    share (not NaN) weighted by their `lookups`; 0.0 when no group has one."""
+    kept = ~np.isnan(shares)
+    return float(np.dot(shares[kept], lookups[kept]) / lookups[kept].sum()) if kept.any() else 0.0
+
+
+def _overall_clipped_share(
+    layers: list[MixedPrecisionEmbedding], clipped: list[float], lookups: list[np.ndarray]
+) -> float:
     """The share of the looked-up values beyond the clip over all `layers`: each
-    layer's `clipped_share()` weighted by its lookups times its `output_dim`."""
-    weights = [float(np.sum(layer._lookup_weights())) * layer.output_dim for layer in layers]
-    return float(np.dot([layer.clipped_share() for layer in layers], weights) / sum(weights))
+    layer's share weighted by its lookups times its `output_dim`."""
+    weights = [float(n.sum()) * layer.output_dim for layer, n in zip(layers, lookups, strict=True)]
+    return float(np.dot(clipped, weights) / sum(weights))
 
 
 def _layer_keys(model: Any, layers: list[MixedPrecisionEmbedding]) -> list[str]:
@@ -540,7 +563,7 @@ def _layer_keys(model: Any, layers: list[MixedPrecisionEmbedding]) -> list[str]:
     paths: dict[int, str] = {}
 
     def walk(parent: Any, prefix: str) -> None:
-        for child in parent._flatten_layers(include_self=False, recursive=False):
+        for child in flatten_layers(parent, include_self=False, recursive=False):
             paths.setdefault(id(child), prefix + child.name)
             walk(child, prefix + child.name + "/")
 

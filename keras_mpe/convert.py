@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mpe import checks, precision, quantizers
-from keras_mpe.backend import IS_KERAS_3, gather_rows, keras
+from keras_mpe.backend import IS_KERAS_3, flatten_layers, gather_rows, keras
 from keras_mpe.callbacks import PrecisionSearch
 from keras_mpe.embedding import (
     MixedPrecisionEmbedding,
@@ -252,12 +252,12 @@ def convert(
             "its bits, run PrecisionSearch on it, or convert the float model it came from."
         )
     embeddings = [
-        layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Embedding)
+        layer for layer in flatten_layers(model) if isinstance(layer, keras.layers.Embedding)
     ]
     if not embeddings:
         raise ConversionError(
             f"`model` {model.name!r} holds no keras.layers.Embedding, so there is nothing "
-            f"to convert. Its layers: {[layer.name for layer in model._flatten_layers()][1:]}"
+            f"to convert. Its layers: {[layer.name for layer in flatten_layers(model)][1:]}"
         )
     chosen = _chosen_layers(embeddings, layers)
     for layer in chosen:
@@ -304,8 +304,8 @@ def convert(
 
     if not train_other_layers:
         converted = {id(layer) for _, layer in pairs}
-        for layer in copy._flatten_layers(include_self=False):
-            if id(layer) not in converted and not list(layer._flatten_layers(include_self=False)):
+        for layer in flatten_layers(copy, include_self=False):
+            if id(layer) not in converted and not flatten_layers(layer, include_self=False):
                 layer.trainable = False
     _compile(copy, model, compile_options, required=epochs > 0)
     if epochs > 0:
@@ -457,8 +457,8 @@ def _rebuild_subclassed_model(
         )
     for new, old in zip(copy.weights, model.weights, strict=True):
         new.assign(old.numpy())
-    originals = [layer for layer in model._flatten_layers() if _is_embedding(layer)]
-    replicas = [layer for layer in copy._flatten_layers() if _is_embedding(layer)]
+    originals = [layer for layer in flatten_layers(model) if _is_embedding(layer)]
+    replicas = [layer for layer in flatten_layers(copy) if _is_embedding(layer)]
     for original, replica in zip(originals, replicas, strict=True):
         if any(original is target for target in chosen):
             new = _from_embedding(original, options)
@@ -475,7 +475,7 @@ def _is_embedding(layer: Any) -> bool:
 def _replace(root: Any, old: Any, new: Any) -> None:
     """Puts `new` where `old` sits inside `root`: in place of an attribute of a layer,
     or, inside a Sequential, in a new Sequential of the same layers that replaces it."""
-    for parent in root._flatten_layers():
+    for parent in flatten_layers(root):
         if isinstance(parent, keras.Sequential) and any(layer is old for layer in parent.layers):
             rebuilt = keras.Sequential(
                 [new if layer is old else layer for layer in parent.layers], name=parent.name

@@ -2,7 +2,9 @@
 
 `run_demo()` loads MovieLens-100K as a click-through task (label `rating >= 4`, eight
 fields in one shared id space, ids ranked by train frequency), trains a float
-`keras.layers.Embedding` baseline, then the same model with a
+`keras.layers.Embedding` baseline and measures what post-training quantization of its
+table gives (int8 and int4 per row, and int4 with the rarest ids pruned: what
+practitioners do without MPE), then the same model with a
 `MixedPrecisionEmbedding` at a few compression targets: `adapt` (train frequencies),
 the bit search with `PrecisionSearch`, the retrain at the chosen bits. It keeps the
 largest compression that stays within 0.003 AUC of float32, exports it with
@@ -103,6 +105,57 @@ def directory_bytes(path: str) -> int:
     )
 
 
+def post_training_table(
+    table: np.ndarray,
+    bits: int,
+    frequencies: np.ndarray | None = None,
+    keep_rows: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """What a practitioner does without MPE: post-training integers per row, and
+    optionally only the most frequent ids kept (frequency pruning).
+
+    Each row is quantized to signed `bits`-bit codes with its own scale, its largest
+    |value| over `2**(bits-1) - 1` (the rule of Keras 3's `Embedding.quantize`). With
+    `keep_rows`, only the `keep_rows` ids with the highest `frequencies` keep a row;
+    the others look up zeros. Stored: the codes and one float32 scale per kept row,
+    plus an int32 id-to-row remap of every id unless the kept ids are the first
+    `keep_rows` ids (ids ranked by frequency need none).
+
+    Args:
+        table: the trained float `[V, D]` table.
+        bits: bits per code, 2 to 8.
+        frequencies: `[V]` id counts; needed with `keep_rows`.
+        keep_rows: how many ids keep a row; default all.
+
+    Returns:
+        `(table, stored_bytes)`: the float table the model then sees, and the bytes
+        it takes.
+
+    Example:
+
+    >>> table = np.array([[0.7, -0.3], [0.1, 0.0], [1.0, 0.5]], np.float32)
+    >>> seen, size = post_training_table(table, 4, np.array([9, 1, 5]), keep_rows=2)
+    >>> seen.astype(float).round(3).tolist()  # id 1 pruned; id 2's scale is 1/7
+    [[0.7, -0.3], [0.0, 0.0], [1.0, 0.429]]
+    >>> size  # 2 rows of 2 4-bit codes, 2 scales, a remap of 3 ids (ids 0, 2 kept)
+    22
+    """
+    table = np.asarray(table, np.float32)
+    rows, dim = table.shape
+    largest = 2 ** (bits - 1) - 1
+    scales = np.abs(table).max(axis=1, keepdims=True) / largest
+    safe = np.where(scales > 0, scales, 1.0)
+    codes = np.clip(np.round(table / safe), -largest - 1, largest)
+    seen = (codes * scales).astype(np.float32)
+    kept, remap = rows, 0
+    if keep_rows is not None:
+        kept = min(int(keep_rows), rows)
+        order = np.argsort(-np.asarray(frequencies), kind="stable")
+        seen[order[kept:]] = 0.0
+        remap = 0 if np.all(np.sort(order[:kept]) == np.arange(kept)) else 4 * rows
+    return seen, (kept * dim * bits + 7) // 8 + 4 * kept + remap
+
+
 def reload_in_fresh_process(export_dir: str, ids: np.ndarray, work_dir: str) -> np.ndarray:
     """Serves `ids` from the SavedModel in a new Python process without keras_mpe.
 
@@ -187,9 +240,11 @@ def _train_mpe(
     return model, layer
 
 
-def _plot_tradeoff(sweep: list[dict], float_auc: float, tolerance: float, path: str) -> None:
-    """Writes a PNG of test AUC against compression, with the float32 line and the
-    tolerance band below it."""
+def _plot_tradeoff(
+    sweep: list[dict], baselines: list[dict], float_auc: float, tolerance: float, path: str
+) -> None:
+    """Writes a PNG of test AUC against compression: MPE, the post-training
+    baselines, the float32 line and the tolerance band below it."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 3.6), layout="constrained")
     axis.axhline(float_auc, color="black", linewidth=0.8, label="float32")
@@ -200,6 +255,11 @@ def _plot_tradeoff(sweep: list[dict], float_auc: float, tolerance: float, path: 
     for run in sweep:
         axis.annotate(f"target {run['target']:g}x", (run["compression_ratio"], run["auc"]),
                       textcoords="offset points", xytext=(4, -10), fontsize=7)  # fmt: skip
+    for marker, kind in (("s", "int8"), ("^", "int4"), ("v", "int4 + pruning")):
+        runs = [run for run in baselines if run["kind"] == kind]
+        if runs:
+            axis.plot([run["compression_ratio"] for run in runs], [run["auc"] for run in runs],
+                      marker, label=f"{kind} (post-training)")  # fmt: skip
     axis.set_xscale("log")
     axis.set_xlabel("compression of the embedding table (with overhead)")
     axis.set_ylabel("test AUC")
@@ -229,7 +289,9 @@ def run_demo(
     then, for each of `targets`, an MPE model: `adapt` to the train frequencies,
     search the bits with `PrecisionSearch(target_compression=target)` for `epochs`
     epochs and retrain at the chosen bits for `epochs` epochs (the baseline's
-    budget). It keeps the largest compression whose test AUC is within `tolerance`
+    budget). Beside them, the float table after `post_training_table` (int8, int4,
+    and int4 with the rarest ids pruned to each target int4 alone does not reach). It
+    keeps the largest MPE compression whose test AUC is within `tolerance`
     of the baseline's (or, if none is, the most accurate), exports it with
     `export_saved_model`, reloads it in a fresh process without keras_mpe, checks
     that it serves the model's outputs, and writes two plots: the trade-off
@@ -249,7 +311,8 @@ def run_demo(
 
     Returns:
         A dict of the figures: `data`, `synthetic`, `float_auc`, `sweep` (per
-        target: `target`, `auc`, `compression_ratio`), `kept_target`,
+        target: `target`, `auc`, `compression_ratio`), `baselines` (per
+        post-training baseline: `kind`, `name`, `auc`, `compression_ratio`), `kept_target`,
         `within_tolerance` and, for the kept model, `mpe_auc`, `compression_ratio`,
         `payload_compression_ratio`, `average_bits`, `saved_model_bytes`,
         `float32_table_bytes`, `packed_table_bytes`, `reload_max_abs_diff`,
@@ -287,8 +350,13 @@ def run_demo(
         f"{y_train.mean():.3f}"
     )
     step(f"[1/5] float32 baseline (keras.layers.Embedding), {2 * epochs} epochs")
-    float_auc = _float_baseline(ctr, 2 * epochs, embedding_dim, batch_size, seed)
+    baseline, embedding = _float_baseline(ctr, 2 * epochs, embedding_dim, batch_size, seed)
+    float_auc = _test_auc(baseline, ctr)
     step(f"  float32 test AUC {float_auc:.4f}")
+    baselines = _post_training_baselines(baseline, embedding, ctr, targets)
+    for run in baselines:
+        step(f"  {run['name']} (post-training): {run['compression_ratio']:.1f}x, test AUC "
+             f"{run['auc']:.4f} ({run['auc'] - float_auc:+.4f})")  # fmt: skip
 
     step(f"[2/5] MPE at targets {', '.join(f'{t:g}x' for t in targets)}: search and retrain, "
          f"{epochs} + {epochs} epochs each")  # fmt: skip
@@ -321,7 +389,7 @@ def run_demo(
 
     plots = [os.path.join(output_dir, name) for name in ("tradeoff.png", "precision.png")]
     step(f"[5/5] plots -> {', '.join(plots)}")
-    _plot_tradeoff(sweep, float_auc, tolerance, plots[0])
+    _plot_tradeoff(sweep, baselines, float_auc, tolerance, plots[0])
     keras_mpe.plot_precision(layer, plots[1])
 
     figures = {
@@ -329,6 +397,7 @@ def run_demo(
         "synthetic": synthetic,
         "float_auc": float_auc,
         "sweep": sweep,
+        "baselines": baselines,
         "kept_target": sweep[kept]["target"],
         "within_tolerance": within,
         "mpe_auc": sweep[kept]["auc"],
@@ -350,9 +419,9 @@ def run_demo(
 
 def _float_baseline(
     ctr: CTRData, epochs: int, embedding_dim: int, batch_size: int, seed: int
-) -> float:
-    """Test AUC of the float32 model (`keras.layers.Embedding` with the initializer
-    `MixedPrecisionEmbedding` uses) after `epochs` epochs."""
+) -> tuple[Any, Any]:
+    """The float32 model (`keras.layers.Embedding` with the initializer
+    `MixedPrecisionEmbedding` uses) trained for `epochs` epochs: `(model, embedding)`."""
     keras.utils.set_random_seed(seed)
     initializer = keras_mpe.MixedPrecisionEmbedding(1, 1).embeddings_initializer
     embedding = keras.layers.Embedding(
@@ -367,7 +436,34 @@ def _float_baseline(
         validation_data=ctr.validation,
         verbose=0,
     )
-    return _test_auc(baseline, ctr)
+    return baseline, embedding
+
+
+def _post_training_baselines(
+    model: Any, embedding: Any, ctr: CTRData, targets: Sequence[float]
+) -> list[dict]:
+    """Test AUC and compression of the trained float model's table after
+    `post_training_table`: int8 and int4 per row, and int4 with the rarest ids pruned
+    to meet each target that int4 alone does not. The model is left as it was."""
+    trained = embedding.get_weights()[0]
+    rows, dim = trained.shape
+    frequencies = np.bincount(ctr.train[0].reshape(-1), minlength=rows)
+    float_bytes = 4 * rows * dim
+    settings = [("int8", "int8", 8, None), ("int4", "int4", 4, None)]
+    for target in targets:
+        keep = int(float_bytes / target // (dim * 4 / 8 + 4))
+        if keep < rows:
+            settings.append(("int4 + pruning", f"int4 + pruning {target:g}x", 4, keep))
+    results = []
+    for kind, name, bits, keep in settings:
+        table, stored = post_training_table(trained, bits, frequencies, keep)
+        embedding.set_weights([table])
+        auc = _test_auc(model, ctr)
+        results.append(
+            {"kind": kind, "name": name, "auc": auc, "compression_ratio": float_bytes / stored}
+        )
+    embedding.set_weights([trained])
+    return results
 
 
 def _test_auc(model: Any, ctr: CTRData) -> float:
@@ -409,6 +505,11 @@ def _print_summary(
     say(f"=== keras-mpe demo summary ({label}) ===")
     say(f"data:                  {ctr.description}")
     say(f"test AUC float32:      {float_auc:.4f}  (keras.layers.Embedding, {2 * epochs} epochs)")
+    for run in figures["baselines"]:
+        say(
+            f"  {run['name'] + ':':<20} {run['auc']:.4f} at {run['compression_ratio']:.1f}x "
+            f"({run['auc'] - float_auc:+.4f}, post-training)"
+        )
     for run in figures["sweep"]:
         say(
             f"  MPE target {run['target']:>4g}x:    {run['auc']:.4f} at "

@@ -13,6 +13,7 @@ from keras_mpe import checks, codec, grouping, precision, quantizers
 from keras_mpe.backend import (
     IS_KERAS_3,
     ShardedVariable,
+    flatten_layers,
     gather_rows,
     keras,
     losses_of_this_call,
@@ -891,6 +892,4 @@ def calls_routed(routes: Sequence[tuple[Any, Callable]]) -> Iterator[None]:
 
 def find_mixed_precision_layers(model: Any) -> list[MixedPrecisionEmbedding]:
     """Every `MixedPrecisionEmbedding` inside `model`, nested ones included."""
-    return [
-        layer for layer in model._flatten_layers() if isinstance(layer, MixedPrecisionEmbedding)
-    ]
+    return [layer for layer in flatten_layers(model) if isinstance(layer, MixedPrecisionEmbedding)]

@@ -4,6 +4,14 @@ Groups are equal-sized slices of the ids sorted by ascending frequency, so group
 holds the rarest ids. Ties in frequency rank the larger id as rarer, which makes ids
 without counts (all frequencies 0) follow the convention of Keras' `StringLookup`:
 id 0 is the most frequent, the last id the rarest.
+
+Keras' vocabulary layers (`StringLookup`, `IntegerLookup`) number their vocabulary by
+descending frequency after the OOV id (and the mask id) that the training data never
+holds. When the ids that occur are in that order, ids that never occur keep their
+place in id order rather than going to the rarest group, so that every group stays
+one contiguous range of ids and a packed table needs no id-to-row permutation
+(`groups_are_contiguous`). Ids never seen in training have nothing to learn, so the
+group they join costs at most the bits of their own rows.
 """
 
 from collections.abc import Iterable, Iterator
@@ -167,7 +175,9 @@ def frequency_groups(frequencies: np.ndarray, num_groups: int) -> tuple[np.ndarr
 
     Args:
         frequencies: `[V]` id counts (all zeros: ids ranked by descending
-            frequency, as `StringLookup` numbers them).
+            frequency, as `StringLookup` numbers them). When the ids with a positive
+            count are ranked by descending count (`seen_ids_ranked`), the ids are
+            ranked by id alone, so the groups are contiguous id ranges.
         num_groups: the number of groups wanted; `min(num_groups, V)` are made.
 
     Returns:
@@ -180,10 +190,14 @@ def frequency_groups(frequencies: np.ndarray, num_groups: int) -> tuple[np.ndarr
 
     >>> frequency_groups(np.array([5.0, 1.0, 0.0, 2.0]), 2)
     (array([1, 0, 0, 1], dtype=int32), array([1., 7.], dtype=float32))
+    >>> frequency_groups(np.array([0.0, 6.0, 2.0, 1.0]), 2)  # StringLookup's OOV id 0
+    (array([1, 1, 0, 0], dtype=int32), array([1., 2.], dtype=float32))
     """
     input_dim = frequencies.shape[0]
-    # ascending frequency, ties larger id first: a stable sort of the reversed counts
-    ascending = input_dim - 1 - np.argsort(frequencies[::-1], kind="stable")
+    if seen_ids_ranked(frequencies):
+        ascending = np.arange(input_dim - 1, -1, -1)
+    else:  # ascending frequency, ties larger id first: a stable sort of the reversed counts
+        ascending = input_dim - 1 - np.argsort(frequencies[::-1], kind="stable")
     sizes = group_sizes(input_dim, num_groups)
     id_to_group = np.empty(input_dim, dtype=np.int32)
     id_to_group[ascending] = np.repeat(np.arange(sizes.size, dtype=np.int32), sizes)
@@ -192,6 +206,21 @@ def frequency_groups(frequencies: np.ndarray, num_groups: int) -> tuple[np.ndarr
     lightest = positive.min() if positive.size else 1.0
     masses = np.maximum(totals, lightest) / lightest
     return id_to_group, masses.astype(np.float32)
+
+
+def seen_ids_ranked(frequencies: np.ndarray) -> bool:
+    """Whether the ids with a positive count are numbered by descending count, as
+    Keras' vocabulary layers number them (ids with count 0 may sit anywhere).
+
+    Example:
+
+    >>> seen_ids_ranked(np.array([0, 9, 4, 0, 4, 1]))  # StringLookup's OOV id 0
+    True
+    >>> seen_ids_ranked(np.array([0, 4, 9]))
+    False
+    """
+    counts = frequencies[frequencies > 0]
+    return bool(np.all(counts[1:] <= counts[:-1]))
 
 
 def groups_are_contiguous(id_to_group: np.ndarray) -> bool:

@@ -44,12 +44,14 @@ class SearchBackup:
         best_epoch: the best epoch, counted from 0.
         best_states: per layer, the variables kept from the best epoch by name.
         initial_tables: per layer, the float table the retrain rewinds to.
+        initial_fingerprints: per layer, the `fingerprint` of its initial table.
     """
 
     best_value: float
     best_epoch: int
     best_states: list[dict[str, np.ndarray]]
     initial_tables: list[np.ndarray]
+    initial_fingerprints: list[str]
 
 
 def fingerprint(array: np.ndarray) -> str:
@@ -167,7 +169,9 @@ def load(
     best_epoch = _finite_array(backup_dir, stored, "best_epoch", ())
     if not np.issubdtype(best_epoch.dtype, np.integer) or best_epoch < 0:
         _refuse(backup_dir, f"{STATE_FILE} holds best_epoch={best_epoch}, not an epoch")
-    return SearchBackup(float(best_value), int(best_epoch), best_states, initial_tables)
+    return SearchBackup(
+        float(best_value), int(best_epoch), best_states, initial_tables, fingerprints
+    )
 
 
 def remove(backup_dir: str) -> None:

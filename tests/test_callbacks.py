@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_mpe
-from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, callbacks, precision
+from keras_mpe import (
+    MixedPrecisionEmbedding,
+    PrecisionSearch,
+    callbacks,
+    precision,
+    quantizers,
+    search_backup,
+)
 from keras_mpe.backend import keras
 from keras_mpe.datasets import synthetic_ctr
 
@@ -189,7 +195,7 @@ def test_fit_to_budget_steps_rarest_groups_down_and_frequent_ones_up():
     np.testing.assert_array_equal(_fit(layer, inside, 8.9), inside)
 
 
-def test_backup_dir_makes_an_interrupted_search_select_the_same_bits(data, tmp_path):
+def test_backup_dir_makes_an_interrupted_search_select_the_same_bits(data, tmp_path, monkeypatch):
     def run(callbacks_, model_and_layer):
         model, layer = model_and_layer
         layer.adapt(data.train[0])
@@ -224,10 +230,21 @@ def test_backup_dir_makes_an_interrupted_search_select_the_same_bits(data, tmp_p
             _model(data.vocabulary_size, bit_penalty=1e-5),
         )
     assert os.listdir(state)
+    hashed_tables = []
+
+    def fingerprint(array):
+        if np.ndim(array) == 2:  # a table, not an id-to-group map
+            hashed_tables.append(array.shape)
+        return fingerprint_once(array)
+
+    fingerprint_once = search_backup.fingerprint
+    monkeypatch.setattr(search_backup, "fingerprint", fingerprint)
     resumed = run(
         [keras.callbacks.BackupAndRestore(backup), search(state)],
         _model(data.vocabulary_size, bit_penalty=1e-5),
     )
+    # the model's initial table for the identity, then the backup's, each hashed once
+    assert hashed_tables == [(data.vocabulary_size, 4)] * 2
     np.testing.assert_array_equal(resumed.group_bits.numpy(), reference.group_bits.numpy())
     np.testing.assert_allclose(resumed.embeddings.numpy(), reference.embeddings.numpy())
     assert not os.listdir(state)  # cleaned up at the end
@@ -254,8 +271,86 @@ def test_several_layers_get_their_own_log_entries(data):
     assert first.state == second.state == "retrain"
 
 
-def test_tensorboard_histograms_and_plot(data, tmp_path):
-    pytest.importorskip("matplotlib")
+def _clipped_by_hand(layer) -> tuple[np.ndarray, float, float]:
+    """A layer's per-group clipped shares, its share and its lookups at the bits the
+    search would select now, in numpy from the layer's public state."""
+    bits = layer.select_group_bits(layer.final_temperature)
+    step_of_width = dict(zip(layer.bit_widths, layer.candidate_step_sizes().numpy()))
+    frequencies = layer.frequencies.numpy().astype(np.float64)
+    weights = frequencies if frequencies.any() else np.ones(layer.input_dim)
+    group = layer.id_to_group.numpy()
+    row_bits = bits[group]
+    row_steps = np.array([step_of_width[b] for b in row_bits])[:, None]
+    codes = (layer.embeddings.numpy().astype(np.float64) - layer.offset.numpy()) / row_steps
+    half = 2.0 ** (row_bits[:, None] - 1.0)
+    outside = ((codes < -half) | (codes > half - 1)).mean(axis=1) * (row_bits > 0)
+    lookups = np.bincount(group, weights, minlength=layer.groups)
+    clipped = np.bincount(group, weights * outside, minlength=layer.groups)
+    kept = (bits > 0) & (lookups > 0)
+    shares = np.where(kept, clipped / np.where(kept, lookups, 1), np.nan)
+    share = clipped[kept].sum() / lookups[kept].sum() if kept.any() else 0.0
+    return shares, share, lookups.sum()
+
+
+def test_logged_clipped_shares_match_a_hand_computation_with_one_pass_per_table(data, monkeypatch):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(4,), dtype="int32")
+    first = MixedPrecisionEmbedding(
+        data.vocabulary_size, 4, num_groups=8, bit_widths=(0, 2, 4), name="first"
+    )
+    second = MixedPrecisionEmbedding(
+        data.vocabulary_size, 2, num_groups=4, bit_widths=(2, 4), name="second"
+    )
+    first.adapt(data.train[0])  # frequency-weighted; `second` weighs all rows alike
+    joined = keras.layers.Concatenate()(
+        [keras.layers.Flatten()(first(inputs)), keras.layers.Flatten()(second(inputs))]
+    )
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(joined))
+    for layer in (first, second):  # narrow ranges, so that a good share is clipped
+        mean_abs = float(np.abs(layer.embeddings.numpy()).mean())
+        layer.set_quantizer([2 * mean_abs, 0.5 * mean_abs], np.zeros(layer.output_dim))
+    model.compile("adam", "binary_crossentropy")
+
+    class ByHand(keras.callbacks.Callback):
+        """After the search's epoch end: its logs, and the same values by hand."""
+
+        def __init__(self):
+            super().__init__()
+            self.logged, self.expected = [], []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.logged.append({k: v for k, v in logs.items() if k.startswith("mpe_clipped")})
+            hand = {layer.name: _clipped_by_hand(layer) for layer in (first, second)}
+            weight = {name: lookups * dims for name, (_, _, lookups), dims in
+                      zip(hand, hand.values(), (4, 2))}  # fmt: skip
+            overall = sum(hand[n][1] * weight[n] for n in hand) / sum(weight.values())
+            self.expected.append((hand, overall, first.clipped_share(), second.clipped_share()))
+
+    passes = []
+
+    def clipped_share(*args):
+        passes.append(np.shape(args[0]))
+        return count_once(*args)
+
+    count_once = quantizers.clipped_share
+    monkeypatch.setattr(quantizers, "clipped_share", clipped_share)
+    search, by_hand = PrecisionSearch("loss", verbose=0), ByHand()
+    model.fit(*data.train, epochs=2, batch_size=500, verbose=0, callbacks=[search, by_hand])
+    # the search's epoch end reads each table once (ByHand's clipped_share() calls: 2)
+    assert passes == [(data.vocabulary_size, 4), (data.vocabulary_size, 2)] * 4
+    for epoch, (logged, (hand, overall, first_share, second_share)) in enumerate(
+        zip(by_hand.logged, by_hand.expected, strict=True)
+    ):
+        assert 0.05 < overall < 0.95  # neither nothing nor everything clipped
+        assert logged["mpe_clipped"] == pytest.approx(overall, rel=1e-9)
+        for name, layer_share in (("first", first_share), ("second", second_share)):
+            shares, share, _ = hand[name]
+            assert logged[f"mpe_clipped_{name}"] == pytest.approx(share, rel=1e-9)
+            assert logged[f"mpe_clipped_{name}"] == pytest.approx(layer_share, rel=1e-12)
+            np.testing.assert_allclose(search.clipped_shares[name][epoch], shares, rtol=1e-9)
+
+
+def test_tensorboard_histograms(data, tmp_path):
     model, layer = _model(data.vocabulary_size)
     log_dir = str(tmp_path / "logs")
     model.fit(
@@ -270,20 +365,6 @@ def test_tensorboard_histograms_and_plot(data, tmp_path):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, "mpe", name)):
             tags += [(value.tag, event.step) for value in event.summary.value]
     assert sorted(tags) == [("mpe/expected_bits", 0), ("mpe/expected_bits", 1)]
-    path = str(tmp_path / "precision.png")
-    keras_mpe.plot_precision(model, path)
-    with open(path, "rb") as file:
-        assert file.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def test_plot_precision_without_matplotlib_says_how_to_install(monkeypatch, tmp_path):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    layer = MixedPrecisionEmbedding(10, 2, num_groups=2)
-    layer.build()
-    with pytest.raises(ImportError, match="pip install matplotlib"):
-        keras_mpe.plot_precision(layer, str(tmp_path / "p.png"))
 
 
 @pytest.mark.parametrize(

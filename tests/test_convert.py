@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import keras_mpe
 from keras_mpe import MixedPrecisionEmbedding
-from keras_mpe.backend import IS_KERAS_3, keras
+from keras_mpe.backend import IS_KERAS_3, flatten_layers, keras
 from keras_mpe.convert import ConversionError
 from keras_mpe.precision import TARGET_TOLERANCE, allocate_bits, fit_to_budget, group_errors
 
@@ -56,14 +56,14 @@ def _trained_model():
 
 
 def _layer(model, name):
-    return next(layer for layer in model._flatten_layers() if layer.name == name)
+    return next(layer for layer in flatten_layers(model) if layer.name == name)
 
 
 def _leaf_layers(model) -> dict:
     return {
         layer.name: layer
-        for layer in model._flatten_layers(include_self=False)
-        if not list(layer._flatten_layers(include_self=False))
+        for layer in flatten_layers(model, include_self=False)
+        if not flatten_layers(layer, include_self=False)
     }
 
 
@@ -294,7 +294,7 @@ def test_subclassed_model_with_model_fn():
     for a, b in zip(before, _weights(model), strict=True):
         np.testing.assert_array_equal(a, b)
     # the converted layers are the ones the model calls and finds (no stale Embedding)
-    assert not [la for la in converted._flatten_layers() if isinstance(la, keras.layers.Embedding)]
+    assert not [la for la in flatten_layers(converted) if isinstance(la, keras.layers.Embedding)]
     mpe_outputs = converted(x)
     converted.items.embeddings.assign(tf.zeros_like(converted.items.embeddings))
     assert not np.allclose(converted(x).numpy(), mpe_outputs.numpy())

@@ -131,6 +131,10 @@ def test_convert_trained_model_smoke():
 
 DEMO_SUMMARY = [
     rf"^test AUC float32: +{NUMBER}",
+    *[
+        rf"^  {name}: +{NUMBER} at {NUMBER}x \([+-]{NUMBER}, post-training\)$"
+        for name in ("int8", "int4", r"int4 \+ pruning 8x", r"int4 \+ pruning 16x")
+    ],
     *[rf"^  MPE target +{t}x: +{NUMBER} at {NUMBER}x \([+-]{NUMBER}\)$" for t in (4, 8, 16, 32)],
     r"^(largest compression within 0.003 AUC of float32: [\d.]+x|no target kept the AUC)",
     rf"^test AUC MPE: +{NUMBER}",

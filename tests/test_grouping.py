@@ -112,3 +112,57 @@ def test_groups_are_contiguous():
     assert grouping.groups_are_contiguous(np.array([2, 2, 1, 0, 0]))
     assert not grouping.groups_are_contiguous(np.array([0, 1, 0]))
     assert grouping.groups_are_contiguous(np.array([0]))
+
+
+@pytest.mark.parametrize(
+    "frequencies, ranked",
+    [
+        ([0, 9, 4, 4, 1], True),  # StringLookup: the OOV id 0 never occurs
+        ([0, 0, 9, 4, 1], True),  # with a mask token: ids 0 and 1
+        ([9, 0, 4, 0, 1], True),  # vocabulary entries the training data lacks
+        ([0, 0, 0], True),
+        ([0, 4, 9], False),
+        ([9, 1, 4], False),
+    ],
+)
+def test_seen_ids_ranked(frequencies, ranked):
+    assert grouping.seen_ids_ranked(np.array(frequencies)) is ranked
+
+
+def test_unseen_ids_keep_their_place_when_the_seen_ids_are_ranked():
+    frequencies = np.array([0.0, 9.0, 5.0, 4.0, 0.0, 2.0, 1.0])
+    id_to_group, masses = grouping.frequency_groups(frequencies, 3)
+    # ranked by id alone: groups of 2, 2 and 3 ids (the most frequent takes the rest)
+    assert id_to_group.tolist() == [2, 2, 2, 1, 1, 0, 0]
+    # totals: g0 = 2 + 1 = 3, g1 = 4 + 0 = 4, g2 = 0 + 9 + 5 = 14
+    np.testing.assert_allclose(masses, [1.0, 4.0 / 3.0, 14.0 / 3.0], rtol=1e-6)
+
+
+def test_an_adapted_string_lookup_needs_no_permutation():
+    """A table behind a real StringLookup packs as small as a perfectly ranked one."""
+    from keras_mpe import MixedPrecisionEmbedding
+    from keras_mpe.backend import keras
+
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in rng.zipf(1.3, size=5000) if i < 400])
+    lookup = keras.layers.StringLookup()
+    lookup.adapt(words)
+    ids = np.asarray(lookup(words))
+    input_dim = lookup.vocabulary_size()
+    counts = np.bincount(ids, minlength=input_dim)
+    assert counts[0] == 0 and counts[1] > 0  # the OOV id, then the most frequent word
+
+    layer = MixedPrecisionEmbedding(input_dim, 8, num_groups=16)
+    layer.adapt(ids)
+    assert grouping.groups_are_contiguous(layer.id_to_group.numpy())
+    ranked = MixedPrecisionEmbedding(input_dim, 8, num_groups=16)
+    ranked.set_frequencies(np.sort(counts)[::-1])
+    bits = np.linspace(0, 6, 16).round().astype(int)
+    assert layer.memory_report(bits)["total_bytes"] == ranked.memory_report(bits)["total_bytes"]
+
+    layer.freeze_precision(bits)
+    assert layer.packed_table().permutation is None
+    np.testing.assert_array_equal(
+        layer.packed_table().lookup(np.arange(input_dim)).numpy(),
+        layer(np.arange(input_dim)).numpy(),
+    )

