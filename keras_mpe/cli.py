@@ -37,7 +37,8 @@ def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
     >>> report = {"input_dim": 1000, "output_dim": 16, "bit_widths": [0, 2, 4],
     ...           "groups": 4, "bits_histogram": {0: 2, 2: 1, 4: 1},
     ...           "rows_histogram": {0: 500, 2: 250, 4: 250}, "permutation": False,
-    ...           "average_bits": 1.5, "payload_bytes": 3000, "overhead_bytes": 128,
+    ...           "average_bits": 1.5, "payload_bytes": 3000, "padding_bytes": 0,
+    ...           "overhead_bytes": 128,
     ...           "total_bytes": 3128, "float32_bytes": 64000,
     ...           "compression_ratio": 20.46, "payload_compression_ratio": 21.33}
     >>> print(format_inspection({"items": report}))
@@ -68,7 +69,12 @@ def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
             overhead += ", id permutation"
         lines += [
             f"  average bits {report['average_bits']:>10.3f} per value",
-            f"  payload      {report['payload_bytes']:>10} bytes",
+            f"  payload      {report['payload_bytes']:>10} bytes"
+            + (
+                f" ({report['padding_bytes']} of them pad rows to whole bytes)"
+                if report["padding_bytes"]
+                else ""
+            ),
             f"  overhead     {report['overhead_bytes']:>10} bytes ({overhead})",
             f"  total        {report['total_bytes']:>10} bytes "
             f"(float32 table: {report['float32_bytes']} bytes)",

@@ -117,19 +117,33 @@ def permutation_words(input_dim: int) -> int:
     return -(-input_dim * id_bits(input_dim) // 32)
 
 
-def payload_bytes(rows_per_group: Any, group_bits: Any, output_dim: int) -> int:
-    """Bytes of the `rows_<b>` arrays for groups of these rows and bits. Fractional
-    bits (a search's expected bits) count `D * bits / 8` bytes per row, an estimate.
+def code_bytes(rows_per_group: Any, group_bits: Any, output_dim: int) -> int:
+    """Bytes the codes alone take, `ceil(sum(rows * bits) * D / 8)`: the payload
+    without the padding of rows to whole bytes.
 
-    >>> payload_bytes([3, 5], [0, 3], 16), payload_bytes([10], [2.5], 16)
-    (30, 50)
+    >>> code_bytes([3, 5], [0, 3], 10), code_bytes([10], [2.5], 16)
+    (19, 50)
+    """
+    rows = np.asarray(rows_per_group, np.int64)
+    bits = np.asarray(group_bits)
+    return int(math.ceil((rows * bits).sum() * output_dim / 8))
+
+
+def payload_bytes(rows_per_group: Any, group_bits: Any, output_dim: int) -> int:
+    """Bytes of the `rows_<b>` arrays for groups of these rows and bits: `code_bytes`
+    when D is a multiple of 8, more (each plane of a row padded to whole bytes)
+    otherwise. Fractional bits (a search's expected bits) count `code_bytes`, an
+    estimate.
+
+    >>> payload_bytes([3, 5], [0, 3], 16), payload_bytes([3, 5], [0, 3], 10)
+    (30, 25)
     """
     rows = np.asarray(rows_per_group, np.int64)
     bits = np.asarray(group_bits)
     if np.issubdtype(bits.dtype, np.integer) or np.array_equal(bits, np.round(bits)):
         per_row = np.array([row_bytes(b, output_dim) for b in range(checks.MAX_BITS + 1)])
         return int((rows * per_row[np.asarray(bits, np.int64)]).sum())
-    return int(math.ceil((rows * bits).sum() * output_dim / 8))
+    return code_bytes(rows, bits, output_dim)
 
 
 def overhead_bytes(

@@ -24,6 +24,7 @@ _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _REPORTED = (
     "average_bits",
     "payload_bytes",
+    "padding_bytes",
     "overhead_bytes",
     "total_bytes",
     "float32_bytes",
@@ -45,8 +46,9 @@ def inspect(export_dir: str) -> dict[str, dict[str, Any]]:
         rows), `permutation` (whether an id-to-row permutation is stored),
         `stored_bytes` (bytes of the table's arrays in the checkpoint) and, from
         `keras_mpe.precision.memory_report`, `average_bits`, `payload_bytes`,
-        `overhead_bytes`, `total_bytes`, `float32_bytes`, `compression_ratio` (with
-        overhead) and `payload_compression_ratio` (payload only). Tables whose
+        `padding_bytes`, `overhead_bytes`, `total_bytes`, `float32_bytes`,
+        `compression_ratio` (with overhead) and `payload_compression_ratio` (payload
+        only). Tables whose
         layers share a name (nested models may hold several `"embedding"` layers)
         are keyed `"<name> (tables/<index>)"` by their place in the SavedModel,
         so none hides another; a name used once is the key as it is.

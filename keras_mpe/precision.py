@@ -59,7 +59,9 @@ def memory_report(
 
     Returns:
         A dict with `group_bits`, `rows_per_group`, `average_bits` (per stored
-        value), `payload_bytes`, `overhead_bytes`, `total_bytes`, `float32_bytes`,
+        value), `payload_bytes`, `padding_bytes` (the part of the payload that
+        pads rows to whole bytes: 0 when D is a multiple of 8), `overhead_bytes`,
+        `total_bytes`, `float32_bytes`,
         `compression_ratio` (float32 bytes over total bytes) and
         `payload_compression_ratio` (float32 bytes over payload bytes).
 
@@ -68,6 +70,8 @@ def memory_report(
     >>> report = memory_report(np.array([50, 50]), np.array([0, 4]), 16, 6, False)
     >>> report["payload_bytes"], report["overhead_bytes"], report["total_bytes"]
     (400, 112, 512)
+    >>> memory_report(np.array([50, 50]), np.array([0, 3]), 10, 6, False)["padding_bytes"]
+    62
     """
     rows = np.asarray(rows_per_group, dtype=np.int64)
     bits = np.asarray(group_bits)
@@ -83,6 +87,7 @@ def memory_report(
         "rows_per_group": rows,
         "average_bits": float((rows * bits).sum() / input_dim),
         "payload_bytes": payload,
+        "padding_bytes": payload - codec.code_bytes(rows, bits, output_dim),
         "overhead_bytes": overhead,
         "total_bytes": total,
         "float32_bytes": float32_bytes,

@@ -19,6 +19,7 @@ from keras_mpe import cli, codec
 BYTE_FIGURES = (
     "average_bits",
     "payload_bytes",
+    "padding_bytes",
     "overhead_bytes",
     "total_bytes",
     "float32_bytes",
@@ -59,6 +60,9 @@ def test_inspect_gives_the_layers_memory_report_from_the_saved_model(exported):
     user = reports["user_table"]
     assert (user["input_dim"], user["output_dim"], user["permutation"]) == (50, 4, False)
     assert user["payload_bytes"] == 10 * 9
+    # the codes alone: 10 rows x 4 values x (8 + 4 + 1 + 0 + 4) bits = 85 bytes; the
+    # 1-bit rows take a byte for 4 bits
+    assert user["padding_bytes"] == 90 - 85
     assert user["overhead_bytes"] == 4 * (3 + 4 + 3 * 5)
     assert user["compression_ratio"] == pytest.approx(50 * 4 * 4 / (90 + 88))
     # items: 6 groups x 50 rows, D=8 (rows of D * b / 8 bytes), bits (0, 2, 3, 5, 3, 2):
@@ -67,6 +71,7 @@ def test_inspect_gives_the_layers_memory_report_from_the_saved_model(exported):
     item = reports["item_table"]
     assert (item["input_dim"], item["output_dim"], item["permutation"]) == (300, 8, True)
     assert item["payload_bytes"] == 50 * 15
+    assert item["padding_bytes"] == 0  # D=8: every plane fills whole bytes
     assert item["overhead_bytes"] == 4 * (3 + 8 + 3 * 6) + 4 * 85
     assert item["bits_histogram"] == {0: 1, 2: 2, 3: 2, 5: 1}
     assert item["rows_histogram"] == {0: 50, 2: 100, 3: 100, 5: 50}
@@ -122,7 +127,8 @@ def test_keras_mpe_inspect_command_prints_the_figures(exported):
     assert "table 'item_table': 300 ids x 8 dims, 6 groups, candidate bits 0, 2, 3, 5" in (
         printed.stdout
     )
-    assert "  payload             750 bytes" in printed.stdout
+    assert "  payload             750 bytes\n" in printed.stdout
+    assert "  payload              90 bytes (5 of them pad rows to whole bytes)" in printed.stdout
 
 
 def test_an_export_of_another_format_is_named_in_one_line(exported, tmp_path, capsys):
