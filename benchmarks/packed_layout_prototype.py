@@ -26,21 +26,23 @@ in id order. Variants (all timed, interleaved in one process, medians of `--repe
 - `matmul`: natural order; one matmul spreads the bytes to `byte / 2**s` and
   `byte / 2**(s+p)`, a floor, a second matmul subtracts and joins the planes;
 - `blocks`: `matmul` per block of 8 values, rows stored as `D / 8` blocks of `b` bytes;
-- `format1` (with `--format1`): the format-1 lookup, `keras_mpe.lookup.lookup_packed`,
-  at the same bits per group;
+- `package` (with `--package`): keras_mpe's lookup, `keras_mpe.lookup.lookup_packed`
+  (format 2: this layout, `stitch`'s decode, `scatter`'s put-back; under XLA the
+  `select` form), at the same bits per group (the results file's `format1` column
+  was this option on the format-1 lookup of its day, `--format1`);
 - `float`: `tf.gather` of a float32 `[V, D]` variable.
 
 `--mlp` appends to every variant the MLP of the end-to-end benchmark (26 fields,
 flatten, 256-128-1, random weights): an estimate of the end-to-end ratio without
-exporting. `--xla` compiles with `jit_compile=True` and times only `float`, `format1`
+exporting. `--xla` compiles with `jit_compile=True` and times only `float`, `package`
 and `select` (every bit-width gathered for every id, the id's own selected: XLA has
 no dynamic shapes). Before timing, each checked variant's output for a few ids
 (out-of-range ones too) is compared with a numpy decode of its layout.
 
     python benchmarks/packed_layout_prototype.py --input_dims 1e5,1e6 --dims 16,32,64 \
-        --batches 64,512,4096 --format1
+        --batches 64,512,4096 --package
     python benchmarks/packed_layout_prototype.py --mlp
-    python benchmarks/packed_layout_prototype.py --xla --format1 --dims 16,64
+    python benchmarks/packed_layout_prototype.py --xla --package --dims 16,64
 
 Results: `benchmarks/results/serving-layout-prototype-2026-12-06.md`.
 """
@@ -231,7 +233,7 @@ def make_select_lookup(layout: dict, dim: int, variables: dict):
     """The form for XLA (no dynamic shapes): every bit-width's table is gathered for
     every id (index 0 for ids of other widths), decoded as `decode_fields` does, and
     the id's own width selected; XLA fuses the decode and the selects. Groups are found
-    by the format-1 lookup's binary search (XLA lowers `searchsorted` to all-pairs
+    by the package lookup's binary search (XLA lowers `searchsorted` to all-pairs
     comparisons)."""
     from keras_mpe import lookup as lookup_module
 
@@ -309,8 +311,9 @@ def with_mlp(lookup, rng: np.random.Generator, dim: int):
     return model
 
 
-def format1_lookup(layout: dict, dim: int, rng: np.random.Generator):
-    """The format-1 lookup (`keras_mpe.lookup.lookup_packed`) at the same group bits."""
+def package_lookup(layout: dict, dim: int, rng: np.random.Generator):
+    """The package's lookup (`keras_mpe.lookup.lookup_packed`, the layout `stitch`
+    prototyped, put back as `scatter` does) at the same group bits, from variables."""
     from keras_mpe import codec, lookup
 
     input_dim = layout["input_dim"]
@@ -325,11 +328,7 @@ def format1_lookup(layout: dict, dim: int, rng: np.random.Generator):
 
     def run(ids: tf.Tensor) -> tf.Tensor:
         return lookup.lookup_packed(
-            ids,
-            **arrays,
-            input_dim=input_dim,
-            nonzero_bit_widths=packed.nonzero_bit_widths,
-            max_bits=packed.max_bits,
+            ids, arrays, input_dim=input_dim, nonzero_bit_widths=packed.nonzero_bit_widths
         )
 
     return run
@@ -341,10 +340,12 @@ def main() -> None:
     parser.add_argument("--dims", default="16,32,64")
     parser.add_argument("--batches", default="64,512,4096")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--format1", action="store_true", help="time the format-1 lookup too")
+    parser.add_argument(
+        "--package", action="store_true", help="time keras_mpe's lookup (format 2) too"
+    )
     parser.add_argument("--mlp", action="store_true", help="append the MLP 256-128-1")
     parser.add_argument(
-        "--xla", action="store_true", help="compile with XLA (float, format1, select only)"
+        "--xla", action="store_true", help="compile with XLA (float, package, select only)"
     )
     args = parser.parse_args()
     print(
@@ -360,15 +361,15 @@ def main() -> None:
             variables = {b: tf.Variable(table) for b, table in layout["tables"].items()}
             float_table = tf.Variable(rng.normal(size=(input_dim, dim)).astype(np.float32))
             lookups = {"float": lambda ids, table=float_table: tf.gather(table, ids)}
-            if args.format1:
-                lookups["format1"] = format1_lookup(layout, dim, rng)
+            if args.package:
+                lookups["package"] = package_lookup(layout, dim, rng)
             lookups["stitch"] = make_lookup(layout, dim, variables, decode_fields, "stitch")
             lookups["scatter"] = make_lookup(layout, dim, variables, decode_fields, "scatter")
             lookups["tile"] = make_lookup(layout, dim, variables, decode_tile, "stitch")
             lookups["matmul"] = make_lookup(layout, dim, variables, decode_matmul, "stitch")
             lookups["blocks"] = make_lookup(layout, dim, variables, decode_blocks, "stitch")
             if args.xla:  # only the forms XLA compiles (no dynamic shapes)
-                lookups = {name: lookups[name] for name in ("float", "format1") if name in lookups}
+                lookups = {name: lookups[name] for name in ("float", "package") if name in lookups}
                 lookups["select"] = make_select_lookup(layout, dim, variables)
             check = np.array([[0, 1, input_dim - 1, -1, input_dim, 5, 77]], np.int32)
             orders = {"stitch": "fields", "scatter": "fields", "matmul": "natural"}

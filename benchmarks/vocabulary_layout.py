@@ -17,7 +17,7 @@ import argparse
 
 import numpy as np
 
-from keras_mpe import MixedPrecisionEmbedding, precision
+from keras_mpe import MixedPrecisionEmbedding, codec, precision
 
 
 def zipf_counts(input_dim: int) -> np.ndarray:
@@ -46,7 +46,7 @@ def main() -> None:
         layer = MixedPrecisionEmbedding(args.input_dim, args.output_dim, frequencies=counts)
         layer.build()
         two, zero = (layer.memory_report(np.full(layer.groups, bits)) for bits in (2, 0))
-        needs = two["overhead_bytes"] >= precision.permutation_bytes(args.input_dim)
+        needs = two["overhead_bytes"] >= 4 * codec.permutation_words(args.input_dim)
         try:
             precision.check_reachable(layer, args.target)
             reach = f"{args.target:g}x in reach"

@@ -25,7 +25,7 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any
 
-from keras_mpe import checks
+from keras_mpe import checks, codec
 from keras_mpe.inspection import inspect
 
 
@@ -37,7 +37,8 @@ def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
     >>> report = {"input_dim": 1000, "output_dim": 16, "bit_widths": [0, 2, 4],
     ...           "groups": 4, "bits_histogram": {0: 2, 2: 1, 4: 1},
     ...           "rows_histogram": {0: 500, 2: 250, 4: 250}, "permutation": False,
-    ...           "average_bits": 1.5, "payload_bytes": 3000, "overhead_bytes": 128,
+    ...           "average_bits": 1.5, "payload_bytes": 3000, "padding_bytes": 0,
+    ...           "overhead_bytes": 128,
     ...           "total_bytes": 3128, "float32_bytes": 64000,
     ...           "compression_ratio": 20.46, "payload_compression_ratio": 21.33}
     >>> print(format_inspection({"items": report}))
@@ -48,7 +49,7 @@ def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
          4       1     250
       average bits      1.500 per value
       payload            3000 bytes
-      overhead            128 bytes (step sizes, offset, 3 int32 per group)
+      overhead            128 bytes (step sizes, offset, 3 uint32 per group)
       total              3128 bytes (float32 table: 64000 bytes)
       compression       20.46x with overhead, 21.33x payload only
     """
@@ -63,12 +64,17 @@ def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
         for bits, groups in report["bits_histogram"].items():
             rows = report["rows_histogram"][bits]
             lines.append(f"  {bits:>4}  {groups:>6}  {rows:>6}")
-        overhead = "step sizes, offset, 3 int32 per group"
+        overhead = f"step sizes, offset, {len(codec.GROUP_FIELDS)} uint32 per group"
         if report["permutation"]:
             overhead += ", id permutation"
         lines += [
             f"  average bits {report['average_bits']:>10.3f} per value",
-            f"  payload      {report['payload_bytes']:>10} bytes",
+            f"  payload      {report['payload_bytes']:>10} bytes"
+            + (
+                f" ({report['padding_bytes']} of them pad rows to whole bytes)"
+                if report["padding_bytes"]
+                else ""
+            ),
             f"  overhead     {report['overhead_bytes']:>10} bytes ({overhead})",
             f"  total        {report['total_bytes']:>10} bytes "
             f"(float32 table: {report['float32_bytes']} bytes)",

@@ -1,82 +1,208 @@
 """The packed table: its layout, written down once, and the numpy codec that packs it.
 
-Layout of a packed `[V, D]` table (what `keras_mpe.precision.memory_report` counts,
-array for array, what `keras_mpe.PackedEmbedding` stores and what the export saves):
+Layout of a packed `[V, D]` table, format `FORMAT` (what `keras_mpe.precision.memory_report`
+counts, array for array, what `keras_mpe.PackedEmbedding` stores and what the export
+saves; `array_specs` gives each array's name, shape and dtype):
 
-- ``words``: uint32 payload. Groups are stored one after another in *storage order*
-  (ascending first row); a group of ``n`` rows at ``b`` bits holds ``n * D * b``
-  bits, each value's unsigned code ``q + 2**(b-1)`` (``q`` from
+- ``rows_<b>``, one per non-zero candidate bit-width ``b``: uint8
+  ``[rows of width b, row_bytes(b, D)]``, the rows of every group at ``b`` bits, one
+  after another in *storage order* (groups by ascending first row). A row holds each
+  value's unsigned code ``q + 2**(b-1)`` (``q`` from
   `keras_mpe.quantizers.quantize_codes`, so the codes match training bit for bit)
-  in ``b`` consecutive bits, little-endian bit order: bit ``k`` of a group's stream
-  is bit ``k % 32`` of its word ``k // 32``. Row ``r``, dimension ``d`` of a group
-  starts at bit ``(r * D + d) * b``. Every group starts on a word boundary and 0-bit
-  groups store nothing.
-- ``step_sizes``: float32, one per non-zero candidate bit-width.
+  split into the power-of-two bit planes ``PLANES[b]`` (e.g. 6 = 4 + 2), the plane
+  of the high bits first. A plane of ``p`` bits takes ``n = ceil(D * p / 8)`` bytes:
+  value ``d`` is in bits ``[s * p, (s + 1) * p)`` of the plane's byte ``j``, with
+  ``s, j = divmod(d, n)``, so that a whole row decodes with a shift and a mask by
+  scalars per field. When ``D`` is a multiple of 8 a row is exactly ``D * b / 8``
+  bytes. 0-bit groups store nothing.
+- ``first_rows``: uint32 ``[G]``, per group in storage order its first row. Groups
+  without rows come last, with first row ``V``.
+- ``row_shift``: uint32 ``[G]``, per group what turns a row into its row of
+  ``rows_<b>``: ``(row + row_shift) mod 2**32`` (0 for 0-bit groups).
+- ``group_bits``: uint32 ``[G]``, per group its bit-width.
+- ``step_sizes``: float32, one per non-zero candidate bit-width, each of at most
+  `keras_mpe.quantizers.STEP_BITS` significant bits, so that the value
+  ``(code - 2**(b-1)) * step + offset`` rounds once in a multiply and an add.
 - ``offset``: float32 ``[D]``.
-- ``first_rows``, ``first_words``, ``group_bits``: uint32 ``[G]``, per group (in
-  storage order) its first row, its first word and its bit-width. Groups without
-  rows come last, with first row ``V``. (uint32, not int32: a GPU gathers uint32
-  from a variable in device memory, int32 only on the host.)
 - ``permutation``: only when the groups are not contiguous id ranges
   (`keras_mpe.grouping.groups_are_contiguous`): uint32 words holding each id's row
-  at ``max(1, ceil(log2 V))`` bits per id, in the same bit order. Rows are the ids
+  at ``id_bits(V)`` bits per id, little-endian (`pack_bits`). Rows are the ids
   sorted by (storage position of their group, id). When the groups are contiguous
   the row of an id is the id itself and nothing is stored.
 
-Shape facts that are not arrays (``V``, ``D``, the non-zero candidate bit-widths
-the step sizes belong to) are kept as Python values, like a graph's static shapes.
-`keras_mpe.lookup.lookup_packed` reads the layout back inside a TF graph.
+(uint32, not int32, and uint8 tables: a GPU gathers them from a variable in device
+memory, int32 only on the host.) Shape facts that are not arrays (``V``, ``D``, the
+non-zero candidate bit-widths the step sizes belong to) are kept as Python values,
+like a graph's static shapes. `keras_mpe.lookup.lookup_packed` reads the layout back
+inside a TF graph.
 
 Example:
 
+>>> from keras_mpe import lookup
 >>> table = np.arange(12, dtype=np.float32).reshape(6, 2) / 10
->>> packed = pack_table(table, step_sizes=[0.4, 0.1], offset=[0.0, 0.0],
+>>> packed = pack_table(table, step_sizes=[0.5, 0.125], offset=[0.0, 0.0],
 ...                     bit_widths=(0, 2, 8), id_to_group=[2, 2, 1, 1, 0, 0],
 ...                     group_bits=[0, 2, 8])
->>> packed.lookup([0, 3, 5]).numpy()  # 8 bits; 2 bits (clipped at code 1); 0 bits
-array([[0. , 0.1],
-       [0.4, 0.4],
-       [0. , 0. ]], dtype=float32)
->>> packed.nbytes == packed.memory_report()["total_bytes"]
-True
+>>> sorted(packed.arrays())
+['first_rows', 'group_bits', 'offset', 'row_shift', 'rows_2', 'rows_8', 'step_sizes']
+>>> lookup.lookup_packed([0, 3, 5], packed.arrays(), input_dim=6,
+...                      nonzero_bit_widths=(2, 8)).numpy()  # 8 bits; 2 (clipped); 0
+array([[0.   , 0.125],
+       [0.5  , 0.5  ],
+       [0.   , 0.   ]], dtype=float32)
 
 Nothing here imports Keras, so both Keras flavours share it.
 """
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import checks, grouping, lookup, precision, quantizers
+from keras_mpe import checks, grouping, quantizers
 
-MAX_BITS = checks.MAX_BITS
-# the arrays of a packed table, in the order they are stored (the permutation only if
-# the groups are not contiguous id ranges)
-ARRAYS = (
-    "words",
-    "first_rows",
-    "first_words",
-    "group_bits",
-    "step_sizes",
-    "offset",
-    "permutation",
-)
-_MAX_WORDS = 2**31 - 1  # word indices are int32
-_PACK_CHUNK = 32 * 8192  # values packed at a time; a multiple of 32 keeps chunks word-aligned
+FORMAT = 2  # the layout's version, written in each export's metadata
+# the bit planes of each bit-width, high bits first
+PLANES = {1: (1,), 2: (2,), 3: (2, 1), 4: (4,), 5: (4, 1), 6: (4, 2), 7: (4, 2, 1), 8: (8,)}
+GROUP_FIELDS = ("first_rows", "row_shift", "group_bits")  # one uint32 each per group
 _QUANTIZE_CHUNK = 1 << 18  # rows quantized at a time (one compiled shape, plus the rest)
+_PACK_CHUNK = 32 * 8192  # values packed at a time; a multiple of 32 keeps chunks word-aligned
+
+
+def table_name(bits: int) -> str:
+    """The name of the array of the rows at `bits` bits.
+
+    >>> table_name(4)
+    'rows_4'
+    """
+    return f"rows_{bits}"
+
+
+def plane_bytes(planes: int, output_dim: int) -> int:
+    """Bytes of a `planes`-bit plane of a row of `output_dim` values.
+
+    >>> plane_bytes(2, 16), plane_bytes(2, 10)
+    (4, 3)
+    """
+    return -(-output_dim * planes // 8)
+
+
+def row_bytes(bits: int, output_dim: int) -> int:
+    """Bytes of one row at `bits` bits (0 for 0 bits): its planes' bytes.
+
+    >>> row_bytes(6, 16), row_bytes(3, 10), row_bytes(0, 16)
+    (12, 5, 0)
+    """
+    return sum(plane_bytes(p, output_dim) for p in PLANES.get(bits, ()))
+
+
+def id_bits(input_dim: int) -> int:
+    """Bits per id of the packed permutation: `max(1, ceil(log2(input_dim)))`.
+
+    >>> id_bits(1000), id_bits(1024), id_bits(1)
+    (10, 10, 1)
+    """
+    return max(1, math.ceil(math.log2(input_dim)))
+
+
+def permutation_words(input_dim: int) -> int:
+    """uint32 words of an id-to-row permutation of `input_dim` ids.
+
+    >>> permutation_words(1000)
+    313
+    """
+    return -(-input_dim * id_bits(input_dim) // 32)
+
+
+def code_bytes(rows_per_group: Any, group_bits: Any, output_dim: int) -> int:
+    """Bytes the codes alone take, `ceil(sum(rows * bits) * D / 8)`: the payload
+    without the padding of rows to whole bytes.
+
+    >>> code_bytes([3, 5], [0, 3], 10), code_bytes([10], [2.5], 16)
+    (19, 50)
+    """
+    rows = np.asarray(rows_per_group, np.int64)
+    bits = np.asarray(group_bits)
+    return int(math.ceil((rows * bits).sum() * output_dim / 8))
+
+
+def payload_bytes(rows_per_group: Any, group_bits: Any, output_dim: int) -> int:
+    """Bytes of the `rows_<b>` arrays for groups of these rows and bits: `code_bytes`
+    when D is a multiple of 8, more (each plane of a row padded to whole bytes)
+    otherwise. Fractional bits (a search's expected bits) count `code_bytes`, an
+    estimate.
+
+    >>> payload_bytes([3, 5], [0, 3], 16), payload_bytes([3, 5], [0, 3], 10)
+    (30, 25)
+    """
+    rows = np.asarray(rows_per_group, np.int64)
+    bits = np.asarray(group_bits)
+    if np.issubdtype(bits.dtype, np.integer) or np.array_equal(bits, np.round(bits)):
+        per_row = np.array([row_bytes(b, output_dim) for b in range(checks.MAX_BITS + 1)])
+        return int((rows * per_row[np.asarray(bits, np.int64)]).sum())
+    return code_bytes(rows, bits, output_dim)
+
+
+def overhead_bytes(
+    groups: int, output_dim: int, num_step_sizes: int, input_dim: int | None
+) -> int:
+    """Bytes of every array but the rows: the per-group fields, the step sizes, the
+    offset and, when `input_dim` is given, the permutation of that many ids.
+
+    >>> overhead_bytes(4, 16, 6, None), overhead_bytes(4, 16, 6, 1000)
+    (136, 1388)
+    """
+    words = len(GROUP_FIELDS) * groups + num_step_sizes + output_dim
+    return 4 * (words + (permutation_words(input_dim) if input_dim else 0))
+
+
+def array_specs(
+    output_dim: int,
+    nonzero_bit_widths: Sequence[int],
+    width_rows: Sequence[int],
+    groups: int,
+    permutation: int | None,
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every stored array's `(shape, dtype)` by name, in storage order.
+
+    Args:
+        output_dim: D.
+        nonzero_bit_widths: the non-zero candidate bit-widths.
+        width_rows: the rows stored at each of them.
+        groups: G.
+        permutation: the words of the permutation, or None when none is stored.
+
+    Example:
+
+    >>> array_specs(16, (2, 4), (10, 0), 3, None)
+    {'rows_2': ((10, 4), 'uint8'), 'rows_4': ((0, 8), 'uint8'), \
+'first_rows': ((3,), 'uint32'), 'row_shift': ((3,), 'uint32'), \
+'group_bits': ((3,), 'uint32'), 'step_sizes': ((2,), 'float32'), \
+'offset': ((16,), 'float32')}
+    """
+    specs = {
+        table_name(b): ((int(rows), row_bytes(b, output_dim)), "uint8")
+        for b, rows in zip(nonzero_bit_widths, width_rows, strict=True)
+    }
+    specs.update({field: ((groups,), "uint32") for field in GROUP_FIELDS})
+    specs["step_sizes"] = ((len(nonzero_bit_widths),), "float32")
+    specs["offset"] = ((output_dim,), "float32")
+    if permutation is not None:
+        specs["permutation"] = ((permutation,), "uint32")
+    return specs
 
 
 @dataclasses.dataclass(frozen=True)
 class PackedTable:
-    """A packed embedding table: the arrays `memory_report` counts, and static facts.
+    """A packed embedding table: the arrays of the layout, and static facts.
 
     Attributes:
-        words: uint32 payload words.
+        tables: uint8 `rows_<b>` array of each non-zero candidate bit-width `b`.
         first_rows: uint32 `[G]` first row of each group, in storage order (ascending).
-        first_words: uint32 `[G]` first payload word of each group.
+        row_shift: uint32 `[G]` what turns a group's rows into rows of its table.
         group_bits: uint32 `[G]` bit-width of each group.
         step_sizes: float32 `[K]` step size of each non-zero candidate bit-width.
         offset: float32 `[D]`.
@@ -87,9 +213,9 @@ class PackedTable:
         output_dim: D (static).
     """
 
-    words: np.ndarray
+    tables: dict[int, np.ndarray]
     first_rows: np.ndarray
-    first_words: np.ndarray
+    row_shift: np.ndarray
     group_bits: np.ndarray
     step_sizes: np.ndarray
     offset: np.ndarray
@@ -98,10 +224,44 @@ class PackedTable:
     input_dim: int
     output_dim: int
 
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: dict[str, np.ndarray],
+        nonzero_bit_widths: Sequence[int],
+        input_dim: int,
+        output_dim: int,
+    ) -> "PackedTable":
+        """The table of stored arrays named as `array_specs` names them."""
+        widths = tuple(int(b) for b in nonzero_bit_widths)
+        return cls(
+            tables={b: arrays[table_name(b)] for b in widths},
+            **{field: arrays[field] for field in (*GROUP_FIELDS, "step_sizes", "offset")},
+            permutation=arrays.get("permutation"),
+            nonzero_bit_widths=widths,
+            input_dim=int(input_dim),
+            output_dim=int(output_dim),
+        )
+
     def arrays(self) -> dict[str, np.ndarray]:
-        """The stored arrays by name, in `ARRAYS` order (no `permutation` entry when
-        none is needed)."""
-        return {name: getattr(self, name) for name in ARRAYS if getattr(self, name) is not None}
+        """The stored arrays by name, in `array_specs` order (no `permutation` entry
+        when none is needed)."""
+        arrays = {table_name(b): self.tables[b] for b in self.nonzero_bit_widths}
+        arrays.update({field: getattr(self, field) for field in GROUP_FIELDS})
+        arrays.update(step_sizes=self.step_sizes, offset=self.offset)
+        if self.permutation is not None:
+            arrays["permutation"] = self.permutation
+        return arrays
+
+    def specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """`array_specs` of this table's static facts: what its arrays must be."""
+        return array_specs(
+            self.output_dim,
+            self.nonzero_bit_widths,
+            [len(self.tables[b]) for b in self.nonzero_bit_widths],
+            self.group_bits.size,
+            None if self.permutation is None else permutation_words(self.input_dim),
+        )
 
     @property
     def nbytes(self) -> int:
@@ -113,32 +273,6 @@ class PackedTable:
         """int64 `[G]` rows of each group, in storage order."""
         bounds = np.append(self.first_rows.astype(np.int64), self.input_dim)
         return np.diff(bounds)
-
-    @property
-    def max_bits(self) -> int:
-        """The largest bit-width of any group (0 when every group is pruned)."""
-        return int(self.group_bits.max(initial=0))
-
-    def memory_report(self) -> dict:
-        """`keras_mpe.precision.memory_report` of this table; its `total_bytes` equals
-        `nbytes`."""
-        return precision.memory_report(
-            rows_per_group=self.rows_per_group,
-            group_bits=self.group_bits,
-            output_dim=self.output_dim,
-            num_step_sizes=len(self.nonzero_bit_widths),
-            needs_permutation=self.permutation is not None,
-        )
-
-    def lookup(self, ids: Any) -> tf.Tensor:
-        """`keras_mpe.lookup.lookup_packed` over this table's arrays (as constants)."""
-        return lookup.lookup_packed(
-            ids,
-            **self.arrays(),
-            input_dim=self.input_dim,
-            nonzero_bit_widths=self.nonzero_bit_widths,
-            max_bits=self.max_bits,
-        )
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
@@ -206,6 +340,64 @@ def unpack_bits(words: np.ndarray, bits: int, count: int) -> np.ndarray:
     return values
 
 
+def pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 `[n, D]` unsigned codes of `bits` bits -> uint8 `[n, row_bytes(bits, D)]`
+    rows of the layout (bit planes, high bits first).
+
+    Example:
+
+    >>> pack_rows(np.array([[1, 2, 3, 0, 1, 2, 3, 0, 3]]), 2)  # 3 bytes, 4 values each
+    array([[49,  6, 59]], dtype=uint8)
+    """
+    codes = np.asarray(codes, np.uint8)
+    count, dim = codes.shape
+    planes, low = [], bits
+    for p in PLANES[bits]:
+        low -= p
+        width = plane_bytes(p, dim)
+        fields = np.zeros((count, width * (8 // p)), np.uint8)
+        fields[:, :dim] = (codes >> low) & (2**p - 1)
+        fields = fields.reshape(count, 8 // p, width)
+        plane = np.zeros((count, width), np.uint8)
+        for s in range(8 // p):
+            plane |= fields[:, s] << np.uint8(s * p)
+        planes.append(plane)
+    return np.concatenate(planes, axis=1)
+
+
+def unpack_rows(rows: np.ndarray, bits: int, output_dim: int) -> np.ndarray:
+    """The uint8 `[n, D]` codes of rows packed by `pack_rows`.
+
+    Example:
+
+    >>> unpack_rows(np.array([[49, 6, 59]], np.uint8), 2, 9).tolist()
+    [[1, 2, 3, 0, 1, 2, 3, 0, 3]]
+    """
+    codes = np.zeros((rows.shape[0], output_dim), np.uint8)
+    start, low = 0, bits
+    for p in PLANES[bits]:
+        low -= p
+        width = plane_bytes(p, output_dim)
+        plane = rows[:, start : start + width]
+        fields = [(plane >> np.uint8(s * p)) & np.uint8(2**p - 1) for s in range(8 // p)]
+        codes |= np.concatenate(fields, axis=1)[:, :output_dim] << np.uint8(low)
+        start += width
+    return codes
+
+
+def storage_order(id_to_group: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(storage, row_to_id)`: the groups in storage order (by smallest id, groups
+    without ids last) and the id of each row (ids sorted by the storage position of
+    their group, then by id; the identity for contiguous groups)."""
+    input_dim = id_to_group.size
+    smallest = np.full(num_groups, input_dim, np.int64)
+    np.minimum.at(smallest, id_to_group, np.arange(input_dim))
+    storage = np.lexsort((np.arange(num_groups), smallest))
+    position = np.empty(num_groups, np.int64)
+    position[storage] = np.arange(num_groups)
+    return storage, np.argsort(position[id_to_group], kind="stable")
+
+
 def pack_table(
     table: Any,
     step_sizes: Any,
@@ -216,9 +408,11 @@ def pack_table(
 ) -> PackedTable:
     """Quantizes and packs a table at per-group bit-widths, bit-exact with training.
 
-    The codes come from `keras_mpe.quantizers.quantize_codes`, called as the layer's
-    retrain state calls it (one step size and bit-width per row), so looking up the
-    packed table gives exactly the layer's fake-quantized rows.
+    The step sizes are rounded as `keras_mpe.quantizers.round_step_sizes` rounds them
+    (a layer's `step_sizes` already are), and the codes come from
+    `keras_mpe.quantizers.quantize_codes`, called as the layer's retrain state calls
+    it (one step size and bit-width per row), so looking up the packed table gives
+    exactly the layer's fake-quantized rows.
 
     Args:
         table: float `[V, D]`, the float table (e.g. `layer.embeddings`); a variable
@@ -231,22 +425,17 @@ def pack_table(
         group_bits: integer `[G]`, the bit-width of each group: 0 or a candidate.
 
     Returns:
-        A `PackedTable`; its `nbytes` equals `memory_report()["total_bytes"]`.
+        A `PackedTable`.
 
     Example:
 
     >>> table = np.array([[0.1, -0.2], [0.3, 0.0], [-0.5, 0.4]], np.float32)
-    >>> packed = pack_table(table, [0.1], np.zeros(2), (0, 4), [1, 1, 0], [0, 4])
-    >>> packed.words, packed.group_bits
-    (array([35689], dtype=uint32), array([4, 0], dtype=uint32))
-    >>> packed.first_rows, packed.first_words
-    (array([0, 2], dtype=uint32), array([0, 1], dtype=uint32))
-    >>> packed.lookup([[1, 2, 7]]).numpy().round(3)
-    array([[[0.3, 0. ],
-            [0. , 0. ],
-            [0. , 0. ]]], dtype=float32)
-    >>> packed.nbytes == packed.memory_report()["total_bytes"] == 4 * (1 + 1 + 2 + 3 * 2)
-    True
+    >>> packed = pack_table(table, [0.125], np.zeros(2), (0, 4), [1, 1, 0], [0, 4])
+    >>> packed.tables[4], packed.group_bits
+    (array([[105],
+           [138]], dtype=uint8), array([4, 0], dtype=uint32))
+    >>> packed.first_rows, packed.row_shift
+    (array([0, 2], dtype=uint32), array([0, 0], dtype=uint32))
     """
     candidates = checks.bit_widths(bit_widths)
     nonzero = tuple(b for b in candidates if b > 0)
@@ -269,6 +458,7 @@ def pack_table(
     )
     if (steps <= 0).any():
         raise ValueError(f"`step_sizes` must all be > 0. Received: step_sizes={steps.tolist()}")
+    steps = quantizers.round_step_sizes(steps).numpy()
     beta = checks.float_array("offset", offset, (output_dim,), "[output_dim]")
     bits_array = np.asarray(group_bits)
     if bits_array.ndim != 1 or bits_array.size < 1:
@@ -277,7 +467,7 @@ def pack_table(
             f"Received shape {bits_array.shape}."
         )
     num_groups = bits_array.size
-    bits = checks.int_array("group_bits", group_bits, (num_groups,), 0, MAX_BITS)
+    bits = checks.int_array("group_bits", group_bits, (num_groups,), 0, checks.MAX_BITS)
     unknown = ~np.isin(bits, (0,) + nonzero)
     if unknown.any():
         index = int(np.argmax(unknown))
@@ -286,30 +476,20 @@ def pack_table(
             f"Received group_bits[{index}]={bits[index]}."
         )
     groups = checks.int_array("id_to_group", id_to_group, (input_dim,), 0, num_groups - 1)
-
-    # storage order: groups by their smallest id (empty groups last); rows: ids sorted
-    # by (storage position of their group, id), the identity for contiguous groups
-    smallest = np.full(num_groups, input_dim, np.int64)
-    np.minimum.at(smallest, groups, np.arange(input_dim))
-    storage = np.lexsort((np.arange(num_groups), smallest))
-    position = np.empty(num_groups, np.int64)
-    position[storage] = np.arange(num_groups)
-    row_to_id = np.argsort(position[groups], kind="stable")
-    contiguous = grouping.groups_are_contiguous(groups)
-    if contiguous and not np.array_equal(row_to_id, np.arange(input_dim)):
-        raise AssertionError("contiguous groups must keep ids as rows")  # pragma: no cover
-
+    storage, row_to_id = storage_order(groups, num_groups)
     rows = np.bincount(groups, minlength=num_groups)[storage]
     stored_bits = bits[storage]
-    group_words = precision.payload_words(rows, stored_bits, output_dim)
-    first_words = np.concatenate([[0], np.cumsum(group_words)[:-1]])
-    total_words = int(group_words.sum())
-    if total_words > _MAX_WORDS:
-        raise ValueError(
-            f"The packed payload needs {total_words} uint32 words; at most {_MAX_WORDS} "
-            "(int32 word indices) are supported. Split the table."
-        )
     first_rows = np.concatenate([[0], np.cumsum(rows)[:-1]])
+    # each group's first row in its width's table: the rows of the groups of its
+    # width before it
+    first_width_rows = np.zeros(num_groups, np.int64)
+    for b in nonzero:
+        mine = stored_bits == b
+        first_width_rows[mine] = np.concatenate([[0], np.cumsum(rows[mine])[:-1]])
+    tables = {
+        b: np.zeros((int(rows[stored_bits == b].sum()), row_bytes(b, output_dim)), np.uint8)
+        for b in nonzero
+    }
 
     def read_rows(ids: np.ndarray) -> np.ndarray:
         """float32 `[len(ids), D]` rows of the table, checked to be finite."""
@@ -326,13 +506,11 @@ def pack_table(
 
     # group by group, in chunks of a fixed number of rows: codes exactly as the
     # retrain state computes them (one step size and bit-width per row), stored
-    # unsigned in uint8, then packed; every row is read, so every row is checked
-    step_by_bits = np.ones(MAX_BITS + 1, np.float32)
+    # unsigned; every row is read, so every row is checked
+    step_by_bits = np.ones(checks.MAX_BITS + 1, np.float32)
     step_by_bits[list(nonzero)] = steps
-    words = np.zeros(total_words, np.uint32)
     for slot in range(num_groups):
         b, start, count = int(stored_bits[slot]), int(first_rows[slot]), int(rows[slot])
-        codes = np.empty((count, output_dim), np.uint8) if b else None
         for begin in range(0, count, _QUANTIZE_CHUNK):
             end = min(begin + _QUANTIZE_CHUNK, count)
             chunk = read_rows(row_to_id[start + begin : start + end])
@@ -343,20 +521,21 @@ def pack_table(
                     tf.constant(beta),
                     tf.constant(np.full((end - begin, 1), b, np.int32)),
                 ).numpy()
-                codes[begin:end] = signed + np.float32(2 ** (b - 1))
-        if b and count:
-            packed = pack_bits(codes, b)
-            words[first_words[slot] : first_words[slot] + packed.size] = packed
+                codes = (signed + np.float32(2 ** (b - 1))).astype(np.uint8)
+                local = int(first_width_rows[slot]) + begin
+                tables[b][local : local + end - begin] = pack_rows(codes, b)
 
     permutation = None
-    if not contiguous:
+    if not grouping.groups_are_contiguous(groups):
         id_to_row = np.empty(input_dim, np.int64)
         id_to_row[row_to_id] = np.arange(input_dim)
-        permutation = pack_bits(id_to_row, precision.id_bits(input_dim))
+        permutation = pack_bits(id_to_row, id_bits(input_dim))
     return PackedTable(
-        words=words,
+        tables=tables,
         first_rows=first_rows.astype(np.uint32),
-        first_words=first_words.astype(np.uint32),
+        row_shift=np.where(stored_bits > 0, (first_width_rows - first_rows) % 2**32, 0).astype(
+            np.uint32
+        ),
         group_bits=stored_bits.astype(np.uint32),
         step_sizes=steps,
         offset=beta,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import checks, codec, grouping, lookup, precision, quantizers
+from keras_mpe import checks, codec, grouping, precision, quantizers
 from keras_mpe.backend import (
     IS_KERAS_3,
     ShardedVariable,
@@ -20,8 +20,8 @@ from keras_mpe.backend import (
     not_equal,
     set_variable_trainable,
 )
+from keras_mpe.ids import ids_in_range, integer_ids
 
-MAX_BITS = checks.MAX_BITS
 SEARCH, RETRAIN = "search", "retrain"
 SEARCH_FORWARDS = ("sample", "expectation")
 
@@ -296,9 +296,14 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         `quantizer_learning_rate_scale`): positive by construction, and an adaptive
         optimizer such as Adam changes them by a relative amount per step (about `s`
         times its learning rate) whatever their scale. Learned directly, a step size
-        of about 1e-3 moves by the whole learning rate at every step.
+        of about 1e-3 moves by the whole learning rate at every step. Rounded to
+        `keras_mpe.quantizers.STEP_BITS` significant bits
+        (`keras_mpe.quantizers.round_step_sizes`), so that the packed table
+        dequantizes with a plain multiply and add, bit for bit as training does.
         """
-        return tf.exp(self.log_step_sizes * self.quantizer_learning_rate_scale)
+        return quantizers.round_step_sizes(
+            tf.exp(self.log_step_sizes * self.quantizer_learning_rate_scale)
+        )
 
     @property
     def offset(self) -> tf.Tensor:
@@ -375,7 +380,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         if group_bits is None:
             bits = self._current_group_bits()
         else:
-            bits = checks.int_array("group_bits", group_bits, (self.groups,), 0, MAX_BITS)
+            bits = checks.int_array("group_bits", group_bits, (self.groups,), 0, checks.MAX_BITS)
             if not np.isin(bits, self.bit_widths).all():
                 raise ValueError(
                     f"`group_bits` must be taken from the candidates {self.bit_widths}. "
@@ -526,9 +531,9 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         Example:
 
         >>> layer = MixedPrecisionEmbedding(3, 2, bit_widths=(0, 2, 4))
-        >>> layer.set_quantizer([0.4, 0.1], [0.0, 0.25])
+        >>> layer.set_quantizer([0.5, 0.125], [0.0, 0.25])
         >>> [round(float(x), 6) for x in (*layer.step_sizes.numpy(), *layer.offset.numpy())]
-        [0.4, 0.1, 0.0, 0.25]
+        [0.5, 0.125, 0.0, 0.25]
         """
         self._build_if_needed()
         widths = (len(self._nonzero_bit_widths),)
@@ -578,9 +583,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         return self._rows_of(inputs, lambda ids: self._look_up(ids, training))
 
     def _look_up(self, inputs: tf.Tensor, training: bool | None) -> tf.Tensor:
-        ids, valid = lookup.ids_in_range(
-            lookup.integer_ids(inputs, self.input_dim), self.input_dim
-        )
+        ids, valid = ids_in_range(integer_ids(inputs, self.input_dim), self.input_dim)
         shape = tf.concat([tf.shape(ids), [self.output_dim]], axis=0)
         ids, valid = tf.reshape(ids, [-1]), tf.reshape(valid, [-1])
         # gathers from the tf.Variables (a ResourceGather reads only the looked-up
@@ -625,7 +628,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
 
     def _width_index(self) -> tf.Tensor:
         """Maps a bit-width 0..8 to its index among the candidates."""
-        index = np.zeros(MAX_BITS + 1, np.int32)
+        index = np.zeros(checks.MAX_BITS + 1, np.int32)
         index[list(self.bit_widths)] = np.arange(len(self.bit_widths))
         return tf.constant(index)
 

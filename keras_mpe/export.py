@@ -14,7 +14,7 @@ from typing import Any
 import tensorflow as tf
 
 from keras_mpe import checks, metadata
-from keras_mpe.backend import ShardedVariable, keras, tf_variable
+from keras_mpe.backend import ShardedVariable, flatten_layers, keras, tf_variable
 from keras_mpe.embedding import (
     RETRAIN,
     MixedPrecisionEmbedding,
@@ -31,12 +31,12 @@ def export_saved_model(
 
     Every `MixedPrecisionEmbedding` of the model gets a packed twin
     (`keras_mpe.PackedEmbedding.from_layer`; the model itself stays trainable), and
-    the serving functions
-    are traced with each layer's call routed to its twin, so the SavedModel stores
-    each table once, as uint32 words, unpacked inside the serving graph for the
-    looked-up ids only. Any Keras model works: functional, `Sequential`, subclassed,
-    `tfrs.models.Model`. Only the variables the serving functions read are saved
-    (no optimizer slots, no float table).
+    the serving functions are traced with each layer's call routed to its twin, so
+    the SavedModel stores each table once, in the packed layout of
+    `keras_mpe.codec`, decoded inside the serving graph for the looked-up ids only.
+    Any Keras model works: functional, `Sequential`, subclassed,
+    `tfrs.models.Model`. Only the variables the serving functions read are saved (no
+    optimizer slots, no float table).
 
     Signatures: `serving_default` over the model's inputs, and `serving_xla`, the
     same compiled with XLA (TF Serving runs it on CPU with
@@ -209,7 +209,7 @@ def _write_export(
     """Traces the serving functions through packed twins and writes the SavedModel
     and its metadata into `export_dir`."""
     twins = [PackedEmbedding.from_layer(layer) for layer in layers]
-    lookups = [layer for layer in model._flatten_layers() if hasattr(layer, "lookup_table")]
+    lookups = [layer for layer in flatten_layers(model) if hasattr(layer, "lookup_table")]
     module = tf.Module()
     # Vocabulary lookups (StringLookup, IntegerLookup) keep their tables in
     # resources that are not variables.
@@ -377,7 +377,7 @@ def _sharded_variables(model: Any, read: dict) -> list:
     function's variables, which are the shards' inner variables: compared by handle)."""
     handles = {id(variable.handle) for variable in read.values()}
     found = {}
-    for layer in model._flatten_layers():
+    for layer in flatten_layers(model):
         for value in vars(layer).values():
             if isinstance(value, ShardedVariable) and any(
                 id(part.handle) in handles for part in value.variables

@@ -21,10 +21,10 @@ from keras_mpe import codec, precision
 from keras_mpe import metadata as metadata_file
 
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-_REQUIRED = tuple(name for name in codec.ARRAYS if name != "permutation")
 _REPORTED = (
     "average_bits",
     "payload_bytes",
+    "padding_bytes",
     "overhead_bytes",
     "total_bytes",
     "float32_bytes",
@@ -46,8 +46,9 @@ def inspect(export_dir: str) -> dict[str, dict[str, Any]]:
         rows), `permutation` (whether an id-to-row permutation is stored),
         `stored_bytes` (bytes of the table's arrays in the checkpoint) and, from
         `keras_mpe.precision.memory_report`, `average_bits`, `payload_bytes`,
-        `overhead_bytes`, `total_bytes`, `float32_bytes`, `compression_ratio` (with
-        overhead) and `payload_compression_ratio` (payload only). Tables whose
+        `padding_bytes`, `overhead_bytes`, `total_bytes`, `float32_bytes`,
+        `compression_ratio` (with overhead) and `payload_compression_ratio` (payload
+        only). Tables whose
         layers share a name (nested models may hold several `"embedding"` layers)
         are keyed `"<name> (tables/<index>)"` by their place in the SavedModel,
         so none hides another; a name used once is the key as it is.
@@ -138,30 +139,28 @@ def _variable_keys(graph: Any, path: list[str], table: str) -> dict[str, str]:
 
 def _table_report(table: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     name = table["name"]
-    missing = [field for field in _REQUIRED if field not in arrays]
+    input_dim, output_dim = int(table["input_dim"]), int(table["output_dim"])
+    bit_widths = [int(b) for b in table["bit_widths"]]
+    nonzero = tuple(b for b in bit_widths if b > 0)
+    required = [codec.table_name(b) for b in nonzero]
+    required += [*codec.GROUP_FIELDS, "step_sizes", "offset"]
+    missing = [field for field in required if field not in arrays]
     if missing:
         raise ValueError(
             f"Table '{name}': the metadata names no variable for {missing}; a packed "
-            f"table needs {list(_REQUIRED)}."
+            f"table of bit-widths {bit_widths} needs {required}."
         )
-    input_dim, output_dim = int(table["input_dim"]), int(table["output_dim"])
-    bit_widths = [int(b) for b in table["bit_widths"]]
-    packed = codec.PackedTable(
-        words=arrays["words"],
-        first_rows=arrays["first_rows"],
-        first_words=arrays["first_words"],
-        group_bits=arrays["group_bits"],
-        step_sizes=arrays["step_sizes"],
-        offset=arrays["offset"],
-        permutation=arrays.get("permutation"),
-        nonzero_bit_widths=tuple(b for b in bit_widths if b > 0),
-        input_dim=input_dim,
-        output_dim=output_dim,
-    )
+    packed = codec.PackedTable.from_arrays(arrays, nonzero, input_dim, output_dim)
     _check_layout(name, packed)
-    report = packed.memory_report()
     bits = packed.group_bits.astype(np.int64)
     rows = packed.rows_per_group
+    report = precision.memory_report(
+        rows_per_group=rows,
+        group_bits=bits,
+        output_dim=output_dim,
+        num_step_sizes=len(nonzero),
+        needs_permutation=packed.permutation is not None,
+    )
     present = sorted(set(bit_widths) | set(bits.tolist()))
     result: dict[str, Any] = {
         "input_dim": input_dim,
@@ -180,25 +179,16 @@ def _table_report(table: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[
 
 
 def _check_layout(name: str, packed: codec.PackedTable) -> None:
-    """Raises ValueError unless the arrays' shapes and dtypes form a packed table."""
-    groups = packed.group_bits.shape
-    integers = ("int32", "uint32")  # per-group fields may be uint32 (GPU-resident)
-    expected = {
-        "words": (("uint32",), None),
-        "first_rows": (integers, groups),
-        "first_words": (integers, groups),
-        "group_bits": (integers, groups),
-        "step_sizes": (("float32",), (len(packed.nonzero_bit_widths),)),
-        "offset": (("float32",), (packed.output_dim,)),
-        "permutation": (("uint32",), None),
-    }
-    for field, array in packed.arrays().items():
-        dtypes, shape = expected[field]
-        if array.dtype.name not in dtypes or array.ndim != 1 or (shape and array.shape != shape):
+    """Raises ValueError unless the arrays' shapes and dtypes form the packed layout
+    of `keras_mpe.codec.array_specs` and its fields agree with one another."""
+    # the tables' row counts and the groups' count come from the arrays; the rest
+    # of every shape from the static facts
+    for field, (shape, dtype) in packed.specs().items():
+        array = packed.arrays()[field]
+        if array.dtype.name != dtype or array.shape != shape:
             raise ValueError(
-                f"Table '{name}': `{field}` must be a 1-D {' or '.join(dtypes)} array"
-                + (f" of shape {shape}" if shape else "")
-                + f". The checkpoint holds {array.dtype.name} of shape {array.shape}."
+                f"Table '{name}': `{field}` must be a {dtype} array of shape {shape}. "
+                f"The checkpoint holds {array.dtype.name} of shape {array.shape}."
             )
     name = f"Table '{name}'"
     first_rows = packed.first_rows.astype(np.int64)
@@ -219,21 +209,26 @@ def _check_layout(name: str, packed: codec.PackedTable) -> None:
             f"{name}: `group_bits` must be 0 or a candidate bit-width {allowed}. The "
             f"checkpoint holds {bits[group]} for group {group}."
         )
-    group_words = precision.payload_words(packed.rows_per_group, bits, packed.output_dim)
-    expected = np.concatenate([[0], np.cumsum(group_words)[:-1]])
-    wrong = packed.first_words.astype(np.int64) != expected
-    if wrong.any():
-        group = int(np.argmax(wrong))
-        raise ValueError(
-            f"{name}: `first_words` must place each group after the words of the ones "
-            f"before it. The checkpoint has group {group} at word "
-            f"{packed.first_words[group]}; its rows and bits put it at {expected[group]}."
-        )
-    if packed.words.size != group_words.sum():
-        raise ValueError(
-            f"{name}: `words` holds {packed.words.size} words; the groups' rows "
-            f"and bits need {group_words.sum()}."
-        )
+    rows = packed.rows_per_group
+    for b in packed.nonzero_bit_widths:
+        mine = bits == b
+        stored = len(packed.tables[b])
+        if stored != rows[mine].sum():
+            raise ValueError(
+                f"{name}: `{codec.table_name(b)}` holds {stored} rows; the groups at {b} "
+                f"bits have {rows[mine].sum()}."
+            )
+        expected = np.concatenate([[0], np.cumsum(rows[mine])[:-1]])
+        shift = (expected - first_rows[mine]) % 2**32
+        wrong = np.flatnonzero(packed.row_shift.astype(np.int64)[mine] != shift)
+        if wrong.size:
+            group = int(np.flatnonzero(mine)[wrong[0]])
+            raise ValueError(
+                f"{name}: `row_shift` must place each group's rows after those of the "
+                f"groups of its width before it. The checkpoint has "
+                f"{packed.row_shift[group]} for group {group}; its rows and bits need "
+                f"{shift[wrong[0]]}."
+            )
     for field in ("step_sizes", "offset"):
         values = getattr(packed, field)
         bad = ~np.isfinite(values) | ((values <= 0) if field == "step_sizes" else False)
@@ -245,13 +240,7 @@ def _check_layout(name: str, packed: codec.PackedTable) -> None:
                 f"{field}[{index}]={values[index]}."
             )
     if packed.permutation is not None:
-        width = precision.id_bits(packed.input_dim)
-        needed = -(-packed.input_dim * width // 32)
-        if packed.permutation.size != needed:
-            raise ValueError(
-                f"{name}: `permutation` holds {packed.permutation.size} words; "
-                f"{packed.input_dim} ids at {width} bits need {needed}."
-            )
+        width = codec.id_bits(packed.input_dim)
         rows = codec.unpack_bits(packed.permutation, width, packed.input_dim)
         if not np.array_equal(np.sort(rows), np.arange(packed.input_dim, dtype=np.uint32)):
             raise ValueError(

@@ -5,12 +5,13 @@ by `keras_mpe.export_saved_model` and read by `keras_mpe.inspect`.
 warmup requests from) holds the static facts of each packed table that its arrays
 do not carry, and where in the SavedModel's object graph its variables are:
 
-    {"format": 1, "tables": [{"name": ..., "object_path": ["tables", "0"],
+    {"format": 2, "tables": [{"name": ..., "object_path": ["tables", "0"],
                               "input_dim": ..., "output_dim": ...,
                               "bit_widths": [...]}, ...]}
 
-`bit_widths` are the candidates (the step sizes belong to the non-zero ones); the
-per-group bits are the table's `group_bits` array.
+`format` is the packed layout's version (`keras_mpe.codec.FORMAT`); `bit_widths` are
+the candidates (the step sizes belong to the non-zero ones); the per-group bits are
+the table's `group_bits` array.
 """
 
 import json
@@ -20,10 +21,9 @@ from typing import Any, NoReturn
 
 import tensorflow as tf
 
-from keras_mpe import checks
+from keras_mpe import checks, codec
 
 FILE = os.path.join("assets.extra", "keras_mpe.json")
-FORMAT = 1
 TABLE_KEYS = ("name", "object_path", "input_dim", "output_dim", "bit_widths")
 
 
@@ -43,7 +43,7 @@ def write(export_dir: str, tables: list[Any]) -> None:
     path = os.path.join(export_dir, FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as file:
-        json.dump({"format": FORMAT, "tables": entries}, file, indent=1)
+        json.dump({"format": codec.FORMAT, "tables": entries}, file, indent=1)
 
 
 MAX_FILE_BYTES = 1 << 20  # an entry takes about 200 bytes: room for thousands of tables
@@ -68,7 +68,7 @@ def read(export_dir: str) -> dict[str, Any]:
     >>> directory = tempfile.mkdtemp()
     >>> os.makedirs(os.path.join(directory, "assets.extra"))
     >>> with open(os.path.join(directory, FILE), "w") as file:
-    ...     _ = file.write('{"format": 1, "tables": [{"name": "t", "input_dim": null}]}')
+    ...     _ = file.write('{"format": 2, "tables": [{"name": "t", "input_dim": null}]}')
     >>> read(directory)
     Traceback (most recent call last):
     ...
@@ -90,10 +90,11 @@ def read(export_dir: str) -> dict[str, Any]:
         _refuse(path, f"cannot be read as JSON ({lines[0] if lines else type(error).__name__})")
     if not isinstance(metadata, dict):
         _refuse(path, f"must hold a JSON object; it holds {text[:100]!r}")
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") != codec.FORMAT:
         raise ValueError(
-            f"{path} has format {str(metadata.get('format'))[:50]}; this keras_mpe reads "
-            f"format {FORMAT}."
+            f"{path} describes packed tables of format {str(metadata.get('format'))[:50]}; "
+            f"this keras_mpe reads format {codec.FORMAT} only. The SavedModel itself "
+            "still loads and serves; export the model again to inspect it."
         )
     tables = metadata.get("tables")
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):

@@ -5,9 +5,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import checks, codec, lookup
+from keras_mpe import checks, codec, lookup, precision
 from keras_mpe.backend import keras, tf_variable
 from keras_mpe.embedding import EmbeddingShapes, MixedPrecisionEmbedding
+from keras_mpe.ids import integer_ids
 
 
 @keras.utils.register_keras_serializable(package="keras_mpe")
@@ -16,13 +17,14 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
     retrained `MixedPrecisionEmbedding`.
 
     Made with `PackedEmbedding.from_layer(layer)` from a layer in the retrain state.
-    Its variables are exactly the arrays of the packed layout (`keras_mpe.codec`):
-    `words`, `first_rows`, `first_words`, `group_bits` (uint32), `step_sizes`,
-    `offset` (float32) and, when the groups are not contiguous id ranges,
-    `permutation` (uint32); none is trainable. Its output equals the retrained
-    layer's bit for bit: a lookup gathers only the words of the ids it is given and
-    unpacks them inside the graph (`keras_mpe.lookup.lookup_packed`), in 32-bit
-    unsigned integer and float32 ops, which a GPU runs in device memory.
+    Its variables are exactly the arrays of the packed layout, as
+    `keras_mpe.codec.array_specs` names them: a uint8 table of rows per non-zero
+    candidate bit-width (`rows_<b>`), the per-group fields, `step_sizes`, `offset`
+    and, when the groups are not contiguous id ranges, `permutation`; none is
+    trainable. Its output equals the retrained layer's bit for bit: a lookup gathers
+    only the rows of the ids it is given and decodes them inside the graph
+    (`keras_mpe.lookup.lookup_packed`), in unsigned integer, int64 and float32 ops,
+    which a GPU runs in device memory.
 
     Example:
 
@@ -45,10 +47,9 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
         bit_widths: the candidate bit-widths of the layer it was packed from (the
             step sizes belong to their non-zero entries).
         groups: int, the number of groups stored.
-        num_words: int, the uint32 words of the payload.
-        permutation_words: int or None, the uint32 words of the id-to-row
-            permutation; None when the groups are contiguous id ranges.
-        max_bits: int, the largest bit-width of any group.
+        width_rows: the rows stored at each non-zero candidate bit-width.
+        permutation: bool, whether an id-to-row permutation is stored (the groups
+            are not contiguous id ranges).
         mask_zero: bool, whether id 0 is padding to mask, as in `Embedding`.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
@@ -66,9 +67,8 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
         *,
         bit_widths: Any,
         groups: int,
-        num_words: int,
-        permutation_words: int | None = None,
-        max_bits: int,
+        width_rows: Any,
+        permutation: bool = False,
         mask_zero: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -80,16 +80,14 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
         self.bit_widths = checks.bit_widths(bit_widths)
         self.nonzero_bit_widths = tuple(b for b in self.bit_widths if b > 0)  # of step_sizes
         self.groups = checks.positive_int("groups", groups)
-        self.num_words = checks.positive_int("num_words", num_words, allow_zero=True)
-        if permutation_words is not None:
-            permutation_words = checks.positive_int("permutation_words", permutation_words)
-        self.permutation_words = permutation_words
-        if not checks.is_int(max_bits) or not 0 <= max_bits <= max(self.bit_widths):
-            raise ValueError(
-                f"`max_bits` must be an integer in [0, {max(self.bit_widths)}] (the largest "
-                f"candidate). Received: max_bits={max_bits!r}"
-            )
-        self.max_bits = int(max_bits)
+        self.width_rows = checks.int_array(
+            "width_rows",
+            width_rows,
+            (len(self.nonzero_bit_widths),),
+            0,
+            self.input_dim,
+        ).tolist()
+        self.permutation = checks.boolean("permutation", permutation)
         self.mask_zero = checks.boolean("mask_zero", mask_zero)
         self.supports_masking = mask_zero
         self._initial_arrays: dict[str, np.ndarray] = {}
@@ -114,9 +112,8 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
             table.output_dim,
             bit_widths=layer.bit_widths,
             groups=table.group_bits.size,
-            num_words=table.words.size,
-            permutation_words=None if table.permutation is None else table.permutation.size,
-            max_bits=table.max_bits,
+            width_rows=[len(table.tables[b]) for b in table.nonzero_bit_widths],
+            permutation=table.permutation is not None,
             mask_zero=layer.mask_zero,
             name=layer.name,
             dtype=layer.dtype_policy,
@@ -128,25 +125,19 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
 
     def build(self, input_shape: Any = None) -> None:
         """Creates the packed variables (zeros, unless made by `from_layer`)."""
-        shapes = {
-            "words": (self.num_words, "uint32"),
-            "first_rows": (self.groups, "uint32"),
-            "first_words": (self.groups, "uint32"),
-            "group_bits": (self.groups, "uint32"),
-            "step_sizes": (len(self.nonzero_bit_widths), "float32"),
-            "offset": (self.output_dim, "float32"),
-        }
-        if self.permutation_words is not None:
-            shapes["permutation"] = (self.permutation_words, "uint32")
+        specs = codec.array_specs(
+            self.output_dim,
+            self.nonzero_bit_widths,
+            self.width_rows,
+            self.groups,
+            codec.permutation_words(self.input_dim) if self.permutation else None,
+        )
         self.packed_variables = {}
-        for name in codec.ARRAYS:
-            if name not in shapes:
-                continue
-            size, dtype = shapes[name]
-            value = self._initial_arrays.get(name, np.zeros(size, dtype))
+        for name, (shape, dtype) in specs.items():
+            value = self._initial_arrays.get(name, np.zeros(shape, dtype))
             self.packed_variables[name] = self.add_weight(
                 name=name,
-                shape=(size,),
+                shape=shape,
                 dtype=dtype,
                 initializer=lambda shape, dtype=None, value=value: tf.constant(value),
                 trainable=False,
@@ -158,33 +149,34 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
         return self._rows_of(inputs, self._look_up)
 
     def _look_up(self, inputs: tf.Tensor) -> tf.Tensor:
-        ids = lookup.integer_ids(inputs, self.input_dim)
-        arrays = {name: tf_variable(v) for name, v in self.packed_variables.items()}
         values = lookup.lookup_packed(
-            ids,
-            **arrays,
+            integer_ids(inputs, self.input_dim),
+            {name: tf_variable(v) for name, v in self.packed_variables.items()},
             input_dim=self.input_dim,
             nonzero_bit_widths=self.nonzero_bit_widths,
-            max_bits=self.max_bits,
         )
         return tf.cast(values, self.compute_dtype)
 
     def packed_table(self) -> codec.PackedTable:
         """The stored arrays as a `keras_mpe.codec.PackedTable`."""
-        arrays = {name: v.numpy() for name, v in self.packed_variables.items()}
-        permutation = arrays.pop("permutation", None)
-        return codec.PackedTable(
-            **arrays,
-            permutation=permutation,
-            nonzero_bit_widths=self.nonzero_bit_widths,
-            input_dim=self.input_dim,
-            output_dim=self.output_dim,
+        return codec.PackedTable.from_arrays(
+            {name: v.numpy() for name, v in self.packed_variables.items()},
+            self.nonzero_bit_widths,
+            self.input_dim,
+            self.output_dim,
         )
 
     def memory_report(self) -> dict:
         """`keras_mpe.precision.memory_report` of the stored arrays: what the
         retrained layer's `memory_report()` counted."""
-        return self.packed_table().memory_report()
+        table = self.packed_table()
+        return precision.memory_report(
+            rows_per_group=table.rows_per_group,
+            group_bits=table.group_bits,
+            output_dim=self.output_dim,
+            num_step_sizes=len(self.nonzero_bit_widths),
+            needs_permutation=self.permutation,
+        )
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -195,9 +187,8 @@ class PackedEmbedding(EmbeddingShapes, keras.layers.Layer):
                 "output_dim": self.output_dim,
                 "bit_widths": list(self.bit_widths),
                 "groups": self.groups,
-                "num_words": self.num_words,
-                "permutation_words": self.permutation_words,
-                "max_bits": self.max_bits,
+                "width_rows": list(self.width_rows),
+                "permutation": self.permutation,
                 "mask_zero": self.mask_zero,
             }
         )

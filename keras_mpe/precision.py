@@ -1,20 +1,17 @@
 """Choosing bit-widths and counting the bytes a packed table needs.
 
 `memory_report` counts the packed layout that `keras_mpe.codec` describes, array for
-array: payload words, step sizes, offset, three uint32 per group and, when groups are
-not contiguous id ranges, a packed id-to-row permutation.
+array (`keras_mpe.codec.payload_bytes` and `keras_mpe.codec.overhead_bytes`).
 """
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import quantizers
+from keras_mpe import codec, quantizers
 
-GROUP_FIELDS = 3  # first row, first word, bit-width: one uint32 each
 # a budget of R is met by a compression ratio in [R, TARGET_TOLERANCE * R]
 TARGET_TOLERANCE = 1.1
 # Rows per chunk when `group_errors` goes over a whole table.
@@ -44,42 +41,6 @@ def selected_index(probabilities: Any) -> tf.Tensor:
     return k - 1 - last_eligible
 
 
-def payload_words(
-    rows_per_group: np.ndarray, group_bits: np.ndarray, output_dim: int
-) -> np.ndarray:
-    """uint32 words of codes each group takes (fractional bits allowed, for estimates).
-
-    Example:
-
-    >>> payload_words(np.array([3, 5]), np.array([0, 3]), 4).tolist()
-    [0, 2]
-    """
-    bits = np.asarray(rows_per_group) * output_dim * np.asarray(group_bits)
-    return np.ceil(bits / 32).astype(np.int64)
-
-
-def id_bits(input_dim: int) -> int:
-    """Bits per id of the packed permutation: `max(1, ceil(log2(input_dim)))`.
-
-    Example:
-
-    >>> id_bits(1000), id_bits(1024), id_bits(1)
-    (10, 10, 1)
-    """
-    return max(1, math.ceil(math.log2(input_dim)))
-
-
-def permutation_bytes(input_dim: int) -> int:
-    """Bytes of an id-to-row permutation packed at `id_bits(input_dim)` bits per id.
-
-    Example:
-
-    >>> permutation_bytes(1000)
-    1252
-    """
-    return 4 * math.ceil(input_dim * id_bits(input_dim) / 32)
-
-
 def memory_report(
     rows_per_group: np.ndarray,
     group_bits: np.ndarray,
@@ -98,7 +59,9 @@ def memory_report(
 
     Returns:
         A dict with `group_bits`, `rows_per_group`, `average_bits` (per stored
-        value), `payload_bytes`, `overhead_bytes`, `total_bytes`, `float32_bytes`,
+        value), `payload_bytes`, `padding_bytes` (the part of the payload that
+        pads rows to whole bytes: 0 when D is a multiple of 8), `overhead_bytes`,
+        `total_bytes`, `float32_bytes`,
         `compression_ratio` (float32 bytes over total bytes) and
         `payload_compression_ratio` (float32 bytes over payload bytes).
 
@@ -107,14 +70,16 @@ def memory_report(
     >>> report = memory_report(np.array([50, 50]), np.array([0, 4]), 16, 6, False)
     >>> report["payload_bytes"], report["overhead_bytes"], report["total_bytes"]
     (400, 112, 512)
+    >>> memory_report(np.array([50, 50]), np.array([0, 3]), 10, 6, False)["padding_bytes"]
+    62
     """
     rows = np.asarray(rows_per_group, dtype=np.int64)
     bits = np.asarray(group_bits)
     input_dim = int(rows.sum())
-    payload = 4 * int(payload_words(rows, bits, output_dim).sum())
-    overhead = 4 * (num_step_sizes + output_dim + GROUP_FIELDS * rows.size)
-    if needs_permutation:
-        overhead += permutation_bytes(input_dim)
+    payload = codec.payload_bytes(rows, bits, output_dim)
+    overhead = codec.overhead_bytes(
+        rows.size, output_dim, num_step_sizes, input_dim if needs_permutation else None
+    )
     total = payload + overhead
     float32_bytes = 4 * input_dim * output_dim
     return {
@@ -122,6 +87,7 @@ def memory_report(
         "rows_per_group": rows,
         "average_bits": float((rows * bits).sum() / input_dim),
         "payload_bytes": payload,
+        "padding_bytes": payload - codec.code_bytes(rows, bits, output_dim),
         "overhead_bytes": overhead,
         "total_bytes": total,
         "float32_bytes": float32_bytes,
@@ -175,8 +141,7 @@ def fit_to_budget(
     output_dim = float32_bytes // (4 * int(rows.sum()))
 
     def ratio(bits: np.ndarray) -> float:
-        payload = 4 * int(payload_words(rows, bits, output_dim).sum())
-        return float32_bytes / (payload + overhead)
+        return float32_bytes / (codec.payload_bytes(rows, bits, output_dim) + overhead)
 
     candidates = list(candidates)
     bits = np.asarray(report["group_bits"], np.int32).copy()

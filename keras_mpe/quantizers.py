@@ -54,6 +54,33 @@ def initial_step_sizes(mean_abs: Any, bit_widths: Sequence[int]) -> Any:
     return mean_abs * (2.0 / np.sqrt(2.0 ** (bits - 1.0)))
 
 
+STEP_BITS = 16  # significant bits of a step size: code * step is exact in float32
+
+
+def round_step_sizes(step_sizes: Any) -> tf.Tensor:
+    """Float32 step sizes rounded to `STEP_BITS` significant bits (to nearest, ties to
+    even), with a straight-through gradient.
+
+    A code has at most 8 significant bits, so `code * step` is then exact in float32
+    and `code * step + offset` rounds once whether it runs as a multiply and an add
+    (TensorFlow's graph runtime) or as a fused multiply-add (XLA): training and the
+    packed lookup give the same values bit for bit.
+
+    Example:
+
+    >>> float(round_step_sizes(0.1)), float(round_step_sizes(0.5))
+    (0.10000038146972656, 0.5)
+    """
+    steps = tf.convert_to_tensor(step_sizes, tf.float32)
+    bits = tf.bitcast(steps, tf.uint32)
+    dropped = 23 - (STEP_BITS - 1)
+    tie_to_even = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, dropped), 1)
+    half = tf.constant(2 ** (dropped - 1) - 1, tf.uint32) + tie_to_even
+    keep = tf.constant((0xFFFFFFFF >> dropped) << dropped, tf.uint32)
+    rounded = tf.bitcast(tf.bitwise.bitwise_and(bits + half, keep), tf.float32)
+    return steps + tf.stop_gradient(rounded - steps)
+
+
 def fake_quantize_numpy(
     rows: np.ndarray, step_size: float, offset: np.ndarray, bits: int
 ) -> np.ndarray:

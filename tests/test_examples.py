@@ -208,8 +208,8 @@ def test_packed_layout_prototype_decodes_like_numpy_at_a_toy_size():
     numpy decode of its layout before timing, and exits with an error if one differs."""
     script = str(BENCHMARKS / "packed_layout_prototype.py")
     arguments = ["--input_dims", "2000", "--dims", "8,24", "--batches", "8", "--repeats", "1"]
-    variants = ("format1", "stitch", "scatter", "tile", "matmul", "blocks")
-    output = _run([script, *arguments, "--format1"], legacy_keras=not IS_KERAS_3)
+    variants = ("package", "stitch", "scatter", "tile", "matmul", "blocks")
+    output = _run([script, *arguments, "--package"], legacy_keras=not IS_KERAS_3)
     ratios = "".join(rf" +{name} {NUMBER} ms \({NUMBER}x\)" for name in variants)
     for dim in (8, 24):
         _assert_lines(

@@ -58,15 +58,17 @@ def test_saved_model_outputs_equal_the_retrain_model_in_a_fresh_process(tmp_path
     stored = dict(tf.train.list_variables(export_dir + "/variables/variables"))
     assert not any(shape == [300, 8] for shape in stored.values())  # no float table
     report = layer.memory_report()
-    shapes = sorted(stored.values())
-    assert [report["payload_bytes"] // 4] in shapes
-    # kernels, biases, step sizes, offset, words, 3 group arrays (+ the permutation)
-    assert len(stored) - 1 == 10 + (not ordered)
+    tables = [stored[f"tables/0/rows_{b}/.ATTRIBUTES/VARIABLE_VALUE"] for b in (2, 3, 5)]
+    assert sum(rows * width for rows, width in tables) == report["payload_bytes"]
+    # kernels, biases, step sizes, offset, 3 row tables, 3 group arrays (+ the permutation)
+    assert len(stored) - 1 == 12 + (not ordered)
 
 
 def test_each_signature_traces_the_lookup_op_mix_of_its_compiler(tmp_path):
-    """`serving_default` finds groups with `searchsorted` (UpperBound), `serving_xla`
-    with the binary search XLA compiles well."""
+    """`serving_default` finds groups with `searchsorted` (UpperBound) and splits the
+    ids by bit-width (DynamicPartition), and holds nothing XLA must compile (TF
+    Serving refuses such a model unless started with XLA enabled); `serving_xla`
+    takes the binary search XLA compiles well, and is compiled."""
     model, _ = _model()
     export_dir = str(tmp_path / "export")
     keras_mpe.export_saved_model(model, export_dir)
@@ -74,9 +76,16 @@ def test_each_signature_traces_the_lookup_op_mix_of_its_compiler(tmp_path):
     for name, compiled in (("serving_default", False), ("serving_xla", True)):
         graph = loaded.signatures[name].graph
         library = graph.as_graph_def().library.function
-        ops = {node.op for node in graph.as_graph_def().node}
-        ops |= {node.op for function in library for node in function.node_def}
+        nodes = [*graph.as_graph_def().node, *(n for f in library for n in f.node_def)]
+        ops = {node.op for node in nodes}
         assert ("UpperBound" in ops) is not compiled, name
+        assert ("DynamicPartition" in ops) is not compiled, name
+        assert "DynamicStitch" not in ops, name  # a GPU keeps its indices on the host
+        must_compile = [n.attr["_XlaMustCompile"].b for n in nodes if "_XlaMustCompile" in n.attr]
+        must_compile += [
+            f.attr["_XlaMustCompile"].b for f in library if "_XlaMustCompile" in f.attr
+        ]
+        assert any(must_compile) is compiled, name
 
 
 def test_export_refuses_a_search_state_model_and_a_full_directory(tmp_path):
@@ -148,7 +157,7 @@ def test_the_saved_graph_holds_one_variable_per_stored_variable(tmp_path):
     stored = tf.train.list_variables(export_dir + "/variables/variables")
     assert len(handles) == len(set(handles)) == len(stored) - 1  # minus the object graph
     names = {name.split("/")[-1] for name in handles}
-    assert {"words", "first_rows", "first_words", "group_bits"} <= names
+    assert {"rows_2", "first_rows", "row_shift", "group_bits"} <= names
 
 
 def test_string_ids_through_a_string_lookup_inside_the_model(tmp_path):

@@ -10,14 +10,16 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from export_models import two_table_model
 
 import keras_mpe
-from keras_mpe import cli
+from keras_mpe import cli, codec
 
 BYTE_FIGURES = (
     "average_bits",
     "payload_bytes",
+    "padding_bytes",
     "overhead_bytes",
     "total_bytes",
     "float32_bytes",
@@ -54,22 +56,26 @@ def test_inspect_gives_the_layers_memory_report_from_the_saved_model(exported):
         assert report["rows_histogram"] == {b: int(rows[bits == b].sum()) for b in candidates}
 
     # by hand: users 5 groups x 10 rows, D=4, bits (8, 4, 1, 0, 4), 3 step sizes;
-    # words per group ceil(10 * 4 * b / 32) = 10 + 5 + 2 + 0 + 5
+    # bytes per row: a plane of p bits takes ceil(4 * p / 8) bytes, so 4 + 2 + 1 + 0 + 2
     user = reports["user_table"]
     assert (user["input_dim"], user["output_dim"], user["permutation"]) == (50, 4, False)
-    assert user["payload_bytes"] == 4 * 22
+    assert user["payload_bytes"] == 10 * 9
+    # the codes alone: 10 rows x 4 values x (8 + 4 + 1 + 0 + 4) bits = 85 bytes; the
+    # 1-bit rows take a byte for 4 bits
+    assert user["padding_bytes"] == 90 - 85
     assert user["overhead_bytes"] == 4 * (3 + 4 + 3 * 5)
-    assert user["compression_ratio"] == pytest.approx(50 * 4 * 4 / (4 * 22 + 88))
-    # items: 6 groups x 50 rows, D=8, bits (0, 2, 3, 5, 3, 2): 0 + 25 + 38 + 63 + 38 + 25
-    # words; the ids are not frequency-ranked, so a 9-bit permutation of 300 ids
-    # (85 words) is stored
+    assert user["compression_ratio"] == pytest.approx(50 * 4 * 4 / (90 + 88))
+    # items: 6 groups x 50 rows, D=8 (rows of D * b / 8 bytes), bits (0, 2, 3, 5, 3, 2):
+    # 0 + 2 + 3 + 5 + 3 + 2 bytes per row; the ids are not frequency-ranked, so a
+    # 9-bit permutation of 300 ids (85 words) is stored
     item = reports["item_table"]
     assert (item["input_dim"], item["output_dim"], item["permutation"]) == (300, 8, True)
-    assert item["payload_bytes"] == 4 * 189
+    assert item["payload_bytes"] == 50 * 15
+    assert item["padding_bytes"] == 0  # D=8: every plane fills whole bytes
     assert item["overhead_bytes"] == 4 * (3 + 8 + 3 * 6) + 4 * 85
     assert item["bits_histogram"] == {0: 1, 2: 2, 3: 2, 5: 1}
     assert item["rows_histogram"] == {0: 50, 2: 100, 3: 100, 5: 50}
-    assert item["payload_compression_ratio"] == pytest.approx(300 * 8 * 4 / 756)
+    assert item["payload_compression_ratio"] == pytest.approx(300 * 8 * 4 / 750)
 
 
 def test_inspect_names_what_is_missing_or_inconsistent(exported, tmp_path):
@@ -88,7 +94,7 @@ def test_inspect_names_what_is_missing_or_inconsistent(exported, tmp_path):
     metadata = json.loads(metadata_path.read_text())
     metadata["tables"][0]["input_dim"] += 40  # the last group would get 40 more rows
     metadata_path.write_text(json.dumps(metadata))
-    with pytest.raises(ValueError, match="`words` holds .* words; the groups' rows and bits"):
+    with pytest.raises(ValueError, match="`rows_8` holds 10 rows; the groups at 8 bits have 50"):
         keras_mpe.inspect(str(tampered))
 
     metadata["tables"][0]["object_path"] = ["tables", "7"]
@@ -121,7 +127,29 @@ def test_keras_mpe_inspect_command_prints_the_figures(exported):
     assert "table 'item_table': 300 ids x 8 dims, 6 groups, candidate bits 0, 2, 3, 5" in (
         printed.stdout
     )
-    assert "  payload             756 bytes" in printed.stdout
+    assert "  payload             750 bytes\n" in printed.stdout
+    assert "  payload              90 bytes (5 of them pad rows to whole bytes)" in printed.stdout
+
+
+def test_an_export_of_another_format_is_named_in_one_line(exported, tmp_path, capsys):
+    """An export whose metadata names another layout version (format 1, the
+    bit-stream layout of earlier releases) is refused in one line naming both
+    formats; the SavedModel itself still loads and serves without keras_mpe."""
+    export_dir, _ = exported
+    older = tmp_path / "older"
+    shutil.copytree(export_dir, older)
+    metadata_path = older / "assets.extra" / "keras_mpe.json"
+    metadata = json.loads(metadata_path.read_text())
+    assert metadata["format"] == codec.FORMAT == 2
+    metadata_path.write_text(json.dumps({**metadata, "format": 1}))
+    message = "describes packed tables of format 1; this keras_mpe reads format 2 only"
+    with pytest.raises(ValueError, match=message):
+        keras_mpe.inspect(str(older))
+    assert cli.main(["inspect", str(older)]) == 1
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    served = tf.saved_model.load(str(older)).signatures["serving_default"]
+    assert served.structured_outputs
 
 
 def test_keras_mpe_command_errors(tmp_path, capsys):

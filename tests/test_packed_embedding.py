@@ -110,10 +110,10 @@ def test_from_layer_refuses_what_it_cannot_pack():
     [
         ({"input_dim": 0}, "`input_dim` must be a positive integer. Received: input_dim=0"),
         ({"groups": 2.5}, "`groups` must be a positive integer. Received: groups=2.5"),
-        ({"num_words": -1}, "`num_words` must be an integer >= 0. Received: num_words=-1"),
-        ({"max_bits": 5}, r"`max_bits` must be an integer in \[0, 4\].*max_bits=5"),
+        ({"width_rows": [-1, 0]}, r"`width_rows` values must be in \[0, 10\].*width_rows\[0\]=-1"),
+        ({"width_rows": [1]}, r"`width_rows` must have shape \(2,\). Received shape \(1,\)"),
         ({"bit_widths": (4, 2)}, "`bit_widths` must be a non-empty, strictly increasing"),
-        ({"permutation_words": 0}, "`permutation_words` must be a positive integer"),
+        ({"permutation": 1}, "`permutation` must be a bool. Received: permutation=1"),
         ({"mask_zero": 1}, "`mask_zero` must be a bool. Received: mask_zero=1"),
     ],
 )
@@ -123,8 +123,7 @@ def test_bad_arguments_are_named(kwargs, match):
         "output_dim": 2,
         "bit_widths": (0, 2, 4),
         "groups": 2,
-        "num_words": 3,
-        "max_bits": 4,
+        "width_rows": [3, 0],
     }
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=match):
@@ -136,8 +135,7 @@ KWARGS = {
     "output_dim": 4,
     "bit_widths": (0, 2, 4),
     "groups": 4,
-    "num_words": 6,
-    "max_bits": 4,
+    "width_rows": [6, 2],
 }
 
 
@@ -152,7 +150,7 @@ def test_keras3_run_layer_test():
         input_dtype="int32",
         expected_output_shape=(2, 3, 4),
         expected_num_trainable_weights=0,
-        expected_num_non_trainable_weights=6,
+        expected_num_non_trainable_weights=7,
         supports_masking=False,
         run_training_check=False,
     )
@@ -174,9 +172,19 @@ def test_tf_keras_layer_test():
 
 
 def test_codec_layout_names_the_layer_variables():
-    """The variables follow `codec.ARRAYS`, the one written-down order of the layout."""
+    """The variables are `codec.array_specs`, the one description of the layout."""
     packed = PackedEmbedding.from_layer(_retrained(False))
-    assert _weight_names(packed) == [n for n in codec.ARRAYS if n in _weight_names(packed)]
+    specs = codec.array_specs(
+        packed.output_dim,
+        packed.nonzero_bit_widths,
+        packed.width_rows,
+        packed.groups,
+        codec.permutation_words(packed.input_dim),
+    )
+    assert _weight_names(packed) == list(specs)
+    assert [(tuple(v.shape), tf.as_dtype(v.dtype).name) for v in packed.weights] == list(
+        specs.values()
+    )
 
 
 @pytest.mark.parametrize("ordered", [True, False])

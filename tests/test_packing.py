@@ -1,13 +1,15 @@
 """The packed codec and lookup: bit-exact round trips, the byte count, XLA,
 out-of-range ids, errors."""
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keras_mpe import codec, grouping, lookup, precision, quantizers
+from keras_mpe import checks, codec, grouping, lookup, precision, quantizers
 
 SETTINGS = settings(max_examples=30, deadline=None)
 
@@ -23,7 +25,8 @@ def _step_sizes(table: np.ndarray, nonzero: list[int], rng) -> np.ndarray:
     """The layer's initial step sizes, scaled at random."""
     mean_abs = np.abs(table).mean() + 1e-3
     base = 2 * mean_abs / np.sqrt(2.0 ** (np.asarray(nonzero, np.float64) - 1))
-    return (base * rng.uniform(0.5, 2.0, size=len(nonzero))).astype(np.float32)
+    steps = (base * rng.uniform(0.5, 2.0, size=len(nonzero))).astype(np.float32)
+    return quantizers.round_step_sizes(steps).numpy()
 
 
 def _make_case(sizes, bits, dim, layout, seed):
@@ -47,17 +50,27 @@ def _make_case(sizes, bits, dim, layout, seed):
 def _expected(table, steps, offset, candidates, groups, bits, ids):
     """The retrain state's values: `lsq_quantize` with each row's step size and bits."""
     nonzero = [b for b in candidates if b]
-    step_by_bits = np.ones(codec.MAX_BITS + 1, np.float32)
-    step_by_bits[nonzero] = steps
+    step_by_bits = np.ones(checks.MAX_BITS + 1, np.float32)
+    step_by_bits[nonzero] = quantizers.round_step_sizes(np.asarray(steps, np.float32))
     row_bits = bits[groups[ids]]
     return quantizers.lsq_quantize(
         table[ids], step_by_bits[row_bits][:, None], offset, row_bits[:, None], 0.0
     ).numpy()
 
 
+def _lookup(packed, ids):
+    return lookup.lookup_packed(
+        ids,
+        packed.arrays(),
+        input_dim=packed.input_dim,
+        nonzero_bit_widths=packed.nonzero_bit_widths,
+    )
+
+
 def _compiled_lookup(packed, ids):
-    """`packed.lookup` compiled with XLA, which takes the lookup's XLA op mix."""
-    return tf.function(packed.lookup, jit_compile=True)(tf.constant(ids)).numpy()
+    """The lookup compiled with XLA, which takes the lookup's XLA op mix."""
+    compiled = tf.function(functools.partial(_lookup, packed), jit_compile=True)
+    return compiled(tf.constant(ids)).numpy()
 
 
 def _report(table, steps, groups, bits):
@@ -95,7 +108,7 @@ def test_round_trip_equals_lsq_quantize(case):
     packed = codec.pack_table(table, steps, offset, candidates, groups, bits)
     ids = np.random.default_rng(seed).permutation(table.shape[0])
     expected = _expected(table, steps, offset, candidates, groups, bits, ids)
-    np.testing.assert_array_equal(packed.lookup(ids).numpy(), expected)
+    np.testing.assert_array_equal(_lookup(packed, ids).numpy(), expected)
     np.testing.assert_array_equal(_compiled_lookup(packed, ids), expected)
     assert packed.nbytes == _report(table, steps, groups, bits)["total_bytes"]
     assert (packed.permutation is None) == grouping.groups_are_contiguous(groups)
@@ -111,26 +124,50 @@ def test_every_bit_width_round_trips(dim, layout):
     packed = codec.pack_table(table, steps, offset, candidates, groups, bits)
     ids = np.arange(table.shape[0])
     expected = _expected(table, steps, offset, candidates, groups, bits, ids)
-    np.testing.assert_array_equal(packed.lookup(ids).numpy(), expected)
+    np.testing.assert_array_equal(_lookup(packed, ids).numpy(), expected)
     np.testing.assert_array_equal(_compiled_lookup(packed, ids), expected)
     assert np.count_nonzero(expected[bits[groups] == 8]) > 0
     assert not np.any(expected[bits[groups] == 0])
 
 
-def test_codes_are_the_unsigned_training_codes():
-    """The payload holds `quantize_codes + 2**(b-1)`, row-major, little-endian bits."""
+def _planes_reference(rows: np.ndarray, bits: int, dim: int) -> np.ndarray:
+    """Numpy reference of the row layout: value `d` of a `p`-bit plane of `n` bytes in
+    bits `[s p, (s + 1) p)` of its byte `j`, `s, j = divmod(d, n)`, high plane first."""
+    codes = np.zeros((rows.shape[0], dim), np.int64)
+    start, low = 0, bits
+    for p in codec.PLANES[bits]:
+        n = -(-dim * p // 8)
+        low -= p
+        for d in range(dim):
+            s, j = divmod(d, n)
+            codes[:, d] |= ((rows[:, start + j].astype(np.int64) >> (s * p)) & (2**p - 1)) << low
+        start += n
+    assert start == rows.shape[1]
+    return codes
+
+
+@pytest.mark.parametrize("dim", [7, 16])
+def test_codes_are_the_unsigned_training_codes(dim):
+    """Each width's table holds `quantize_codes + 2**(b-1)` in bit planes, rows in
+    storage order; `row_shift` maps a group's rows to rows of its table."""
     rng = np.random.default_rng(3)
-    table = rng.normal(size=(45, 7)).astype(np.float32)
-    groups = np.repeat([0, 1], [20, 25]).astype(np.int32)
-    packed = codec.pack_table(table, [0.3, 0.05], np.zeros(7), (3, 5), groups, [3, 5])
-    assert packed.first_rows.tolist() == [0, 20]
-    assert packed.first_words.tolist() == [0, -(-20 * 7 * 3 // 32)]
-    for slot, (b, step) in enumerate([(3, 0.3), (5, 0.05)]):
-        rows = table[groups == slot]
-        codes = quantizers.quantize_codes(rows, np.float32(step), np.zeros(7, np.float32), b)
-        stored = packed.words[packed.first_words[slot] :]
+    table = rng.normal(size=(60, dim)).astype(np.float32)
+    groups = np.repeat([0, 1, 2, 3], [20, 25, 5, 10]).astype(np.int32)
+    steps = [0.375, 0.046875]  # 16 significant bits: unchanged by the rounding
+    packed = codec.pack_table(table, steps, np.zeros(dim), (0, 3, 6), groups, [3, 6, 0, 3])
+    assert packed.first_rows.tolist() == [0, 20, 45, 50]
+    assert packed.row_shift.tolist() == [0, 2**32 - 20, 0, 2**32 - 30]
+    assert [len(packed.tables[b]) for b in (3, 6)] == [30, 25]
+    for b, step, ids in [(3, 0.375, np.r_[0:20, 50:60]), (6, 0.046875, np.r_[20:45])]:
+        codes = quantizers.quantize_codes(
+            table[ids], np.float32(step), np.zeros(dim, np.float32), b
+        )
+        assert packed.tables[b].shape == (ids.size, codec.row_bytes(b, dim))
         np.testing.assert_array_equal(
-            _unpack_bits(stored, b, rows.size), codes.numpy().reshape(-1) + 2 ** (b - 1)
+            _planes_reference(packed.tables[b], b, dim), codes.numpy() + 2 ** (b - 1)
+        )
+        np.testing.assert_array_equal(
+            codec.unpack_rows(packed.tables[b], b, dim), codes.numpy() + 2 ** (b - 1)
         )
 
 
@@ -160,10 +197,11 @@ def test_bytes_equal_memory_report(sizes, bits, layout, dim):
     packed = codec.pack_table(table, steps, offset, candidates, groups, bits)
     report = _report(table, steps, groups, bits)
     assert packed.nbytes == report["total_bytes"]
-    assert 4 * packed.words.size == report["payload_bytes"]
-    assert packed.memory_report()["total_bytes"] == report["total_bytes"]
+    assert sum(t.nbytes for t in packed.tables.values()) == report["payload_bytes"]
+    if dim % 8 == 0:  # rows fill whole bytes: the payload is the bits, nothing more
+        assert 8 * report["payload_bytes"] == dim * (bits[groups]).sum()
     if packed.permutation is not None:
-        assert 4 * packed.permutation.size == precision.permutation_bytes(table.shape[0])
+        assert packed.permutation.size == codec.permutation_words(table.shape[0])
 
 
 def test_empty_group_is_skipped():
@@ -179,7 +217,7 @@ def test_empty_group_is_skipped():
     expected = _expected(
         table, np.array([0.5, 0.1, 0.02]), np.zeros(4), (2, 4, 6), groups, bits, ids
     )
-    np.testing.assert_array_equal(packed.lookup(ids).numpy(), expected)
+    np.testing.assert_array_equal(_lookup(packed, ids).numpy(), expected)
     np.testing.assert_array_equal(_compiled_lookup(packed, ids), expected)
 
 
@@ -209,21 +247,20 @@ def test_xla_lookup_from_variables_matches_eager(layout):
     def serve(ids):
         return lookup.lookup_packed(
             ids,
-            **variables,
+            variables,
             input_dim=packed.input_dim,
             nonzero_bit_widths=packed.nonzero_bit_widths,
-            max_bits=packed.max_bits,
         )
 
     ids = np.random.default_rng(2).integers(-5, table.shape[0] + 5, size=(64, 26))
     ids = tf.constant(ids, tf.int32)
     compiled = serve(ids).numpy()
     assert compiled.shape == (64, 26, 16)
-    np.testing.assert_array_equal(compiled, packed.lookup(ids).numpy())
+    np.testing.assert_array_equal(compiled, _lookup(packed, ids).numpy())
     np.testing.assert_array_equal(compiled, tf.function(serve.python_function)(ids).numpy())
     valid = ids.numpy()[(ids.numpy() >= 0) & (ids.numpy() < table.shape[0])]
     np.testing.assert_array_equal(
-        packed.lookup(valid).numpy(),
+        _lookup(packed, valid).numpy(),
         _expected(table, steps, offset, candidates, groups, bits, valid),
     )
     hlo = serve.experimental_get_compiler_ir(ids)(stage="hlo")
@@ -236,12 +273,12 @@ def test_the_op_mix_follows_the_compiler(jit_compile):
     (UpperBound); traced under XLA with a binary search of gathers."""
     table, steps, offset, candidates, groups, bits = _make_case([5, 6], [2, 4], 3, "ascending", 0)
     packed = codec.pack_table(table, steps, offset, candidates, groups, bits)
-    function = tf.function(packed.lookup, jit_compile=jit_compile)
+    function = tf.function(functools.partial(_lookup, packed), jit_compile=jit_compile)
     graph = function.get_concrete_function(tf.TensorSpec([None], tf.int32)).graph
     ops = {op.type for op in graph.get_operations()}
     assert ("UpperBound" in ops) is not jit_compile
     out = function(tf.constant([0, 7]))
-    np.testing.assert_array_equal(out.numpy(), packed.lookup([0, 7]).numpy())
+    np.testing.assert_array_equal(out.numpy(), _lookup(packed, [0, 7]).numpy())
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -251,7 +288,7 @@ def test_out_of_range_ids_give_zeros(dtype, layout, jit_compile):
     table, steps, offset, candidates, groups, bits = _make_case([5, 6], [2, 4], 3, layout, 4)
     packed = codec.pack_table(table, steps, offset, candidates, groups, bits)
     bad = [-1, 11, 12, -(2**31)] + ([2**40, -(2**40)] if dtype == tf.int64 else [2**31 - 1])
-    lookup = tf.function(packed.lookup, jit_compile=jit_compile)
+    lookup = tf.function(functools.partial(_lookup, packed), jit_compile=jit_compile)
     out = lookup(tf.constant([[0] + bad], dtype)).numpy()
     assert out.shape == (1, len(bad) + 1, 3)
     assert np.any(out[0, 0]) and not np.any(out[0, 1:])
@@ -261,17 +298,19 @@ def test_out_of_range_ids_give_zeros(dtype, layout, jit_compile):
 def test_other_integer_id_types(dtype):
     table, steps, offset, candidates, groups, bits = _make_case([5, 6], [2, 4], 3, "shuffled", 4)
     packed = codec.pack_table(table, steps, offset, candidates, groups, bits)
-    out = packed.lookup(tf.constant([3, 11, 100], dtype)).numpy()
-    np.testing.assert_array_equal(out[0], packed.lookup([3]).numpy()[0])
+    out = _lookup(packed, tf.constant([3, 11, 100], dtype)).numpy()
+    np.testing.assert_array_equal(out[0], _lookup(packed, [3]).numpy()[0])
     assert np.any(out[0]) and not np.any(out[1:])
 
 
 def test_all_groups_pruned_stores_no_payload():
     table = np.ones((10, 4), np.float32)
     packed = codec.pack_table(table, [0.1], np.full(4, 0.5), (0, 2), np.zeros(10, int), [0])
-    assert packed.words.size == 0 and packed.max_bits == 0
+    assert packed.tables[2].size == 0
     for jit_compile in (False, True):
-        out = tf.function(packed.lookup, jit_compile=jit_compile)(tf.constant([3, 20])).numpy()
+        out = tf.function(functools.partial(_lookup, packed), jit_compile=jit_compile)(
+            tf.constant([3, 20])
+        ).numpy()
         np.testing.assert_array_equal(out, np.zeros((2, 4)))
 
 
@@ -286,7 +325,7 @@ def test_matches_the_retrain_layer():
     layer.freeze_precision(rng.choice([0, 1, 2, 4, 8], size=9).astype(np.int32))
     packed = layer.packed_table()
     ids = rng.integers(-3, 303, size=(50, 7)).astype(np.int32)
-    np.testing.assert_array_equal(packed.lookup(ids).numpy(), layer(ids).numpy())
+    np.testing.assert_array_equal(_lookup(packed, ids).numpy(), layer(ids).numpy())
     np.testing.assert_array_equal(_compiled_lookup(packed, ids), layer(ids).numpy())
     assert packed.nbytes == layer.memory_report()["total_bytes"]
 
@@ -324,17 +363,21 @@ def test_pack_errors(kwargs, error, match):
 def test_lookup_errors():
     packed = codec.pack_table(np.ones((4, 2)), [0.1], np.zeros(2), (4,), [0] * 4, [4])
     with pytest.raises(TypeError, match="`ids` must be integers"):
-        packed.lookup(tf.constant([0.5]))
+        _lookup(packed, tf.constant([0.5]))
     arrays = packed.arrays()
     common = {"input_dim": 4, "nonzero_bit_widths": (4,)}
-    with pytest.raises(TypeError, match="`words` must be uint32"):
+    with pytest.raises(TypeError, match="`rows_4` must be uint8. Received dtype int32"):
         lookup.lookup_packed(
-            [0], **{**arrays, "words": arrays["words"].astype(np.int32)}, **common
+            [0], {**arrays, "rows_4": arrays["rows_4"].astype(np.int32)}, **common
         )
-    with pytest.raises(ValueError, match="`step_sizes` has 1 entries"):
-        lookup.lookup_packed([0], **arrays, input_dim=4, nonzero_bit_widths=(2, 4))
+    with pytest.raises(ValueError, match=r"`rows_4` must have rows of 1 bytes"):
+        lookup.lookup_packed([0], {**arrays, "rows_4": np.zeros((4, 3), np.uint8)}, **common)
+    with pytest.raises(ValueError, match=r"`arrays` lacks \['row_shift'\]"):
+        lookup.lookup_packed([0], {k: v for k, v in arrays.items() if k != "row_shift"}, **common)
+    with pytest.raises(ValueError, match=r"`arrays` lacks \['rows_2'\]"):
+        lookup.lookup_packed([0], arrays, input_dim=4, nonzero_bit_widths=(2, 4))
     with pytest.raises(ValueError, match="`input_dim` must be an integer"):
-        lookup.lookup_packed([0], **arrays, input_dim=0, nonzero_bit_widths=(4,))
+        lookup.lookup_packed([0], arrays, input_dim=0, nonzero_bit_widths=(4,))
 
 
 def _exact_fma32(codes, steps, offsets):
@@ -359,8 +402,11 @@ def _exact_fma32(codes, steps, offsets):
     return np.array(out, np.float32)
 
 
-def test_fused_multiply_add_rounds_once():
-    """Against exact rationals, including cancellations and near-midpoint sums."""
+def test_rounded_step_sizes_make_a_multiply_and_add_round_once():
+    """With step sizes of 16 significant bits, `code * step + offset` as a multiply
+    and an add (graph mode) and under XLA (which may fuse them) both equal the
+    correctly rounded value, against exact rationals, including cancellations and
+    near-midpoint sums."""
     rng = np.random.default_rng(11)
     n = 4000
     codes = rng.integers(-128, 128, size=n).astype(np.float32)
@@ -379,16 +425,17 @@ def test_fused_multiply_add_rounds_once():
     steps[-n // 4 :] = (
         rng.integers(1, 2**10, n // 4) * 2.0 ** rng.integers(-25, -5, n // 4)
     ).astype(np.float32)
+    unrounded = (codes * steps).astype(np.float32) + offsets
+    assert np.count_nonzero(unrounded != _exact_fma32(codes, steps, offsets)) > 50
+    steps = quantizers.round_step_sizes(steps).numpy()
     expected = _exact_fma32(codes, steps, offsets)
-    two_roundings = (codes * steps).astype(np.float32) + offsets
-    assert np.count_nonzero(two_roundings != expected) > 50  # the test can tell them apart
-    high, low = lookup.split_step_sizes(tf.constant(steps))
-    fma = lookup.fused_multiply_add
-    eager = fma(tf.constant(codes), high, low, tf.constant(offsets)).numpy()
-    compiled = tf.function(fma, jit_compile=True)(
-        tf.constant(codes), high, low, tf.constant(offsets)
-    )
-    np.testing.assert_array_equal(eager, expected)
+
+    def multiply_add(codes, steps, offsets):
+        return codes * steps + offsets
+
+    args = (tf.constant(codes), tf.constant(steps), tf.constant(offsets))
+    np.testing.assert_array_equal(tf.function(multiply_add)(*args).numpy(), expected)
+    compiled = tf.function(multiply_add, jit_compile=True)(*args)
     np.testing.assert_array_equal(compiled.numpy(), expected)
 
 
@@ -405,7 +452,8 @@ def test_chunked_packing_matches(monkeypatch):
         np.testing.assert_array_equal(chunked.arrays()[name], array, err_msg=name)
     ids = np.arange(table.shape[0])
     np.testing.assert_array_equal(
-        chunked.lookup(ids).numpy(), _expected(table, steps, offset, candidates, groups, bits, ids)
+        _lookup(chunked, ids).numpy(),
+        _expected(table, steps, offset, candidates, groups, bits, ids),
     )
 
 

@@ -23,14 +23,15 @@ def test_select_takes_the_largest_width_at_half_uniform_probability():
 def test_memory_report_by_hand():
     # 3 groups of 10, 10, 13 rows, D = 5: bits 0, 3, 7
     report = precision.memory_report(np.array([10, 10, 13]), np.array([0, 3, 7]), 5, 4, False)
-    # group words: 0, ceil(150 / 32) = 5, ceil(455 / 32) = 15 -> 20 words
-    assert report["payload_bytes"] == 80
-    # 4 step sizes + 5 offsets + 3 groups x 3 int32 fields
+    # bytes per row, a plane of p bits in ceil(5 p / 8) bytes: 0; 3 = 2 + 1 bits in
+    # 2 + 1 bytes; 7 = 4 + 2 + 1 bits in 3 + 2 + 1 bytes -> 10 * 3 + 13 * 6 bytes
+    assert report["payload_bytes"] == 108
+    # 4 step sizes + 5 offsets + 3 groups x 3 uint32 fields
     assert report["overhead_bytes"] == 4 * (4 + 5 + 9)
-    assert report["total_bytes"] == 80 + 72
+    assert report["total_bytes"] == 108 + 72
     assert report["float32_bytes"] == 4 * 33 * 5
-    assert report["compression_ratio"] == pytest.approx(660 / 152)
-    assert report["payload_compression_ratio"] == pytest.approx(660 / 80)
+    assert report["compression_ratio"] == pytest.approx(660 / 180)
+    assert report["payload_compression_ratio"] == pytest.approx(660 / 108)
     assert report["average_bits"] == pytest.approx((30 + 91) / 33)
 
 

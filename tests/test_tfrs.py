@@ -94,5 +94,7 @@ def test_tfrs_model_exports_as_is(tmp_path):
     # optimizer slot, no metric variable of the task.
     stored = dict(tf.train.list_variables(str(tmp_path / "variables" / "variables")))
     assert not any(shape[-1:] == [8] and shape[0] in (60, 80) for shape in stored.values())
-    assert sum(name.startswith("tables/") for name in stored) == 2 * 6
+    # per table a row table per non-zero candidate width (6), 3 group fields, the
+    # step sizes and the offset
+    assert sum(name.startswith("tables/") for name in stored) == 2 * (6 + 5)
     assert sum(name.startswith("weights/") for name in stored) == 4
