@@ -168,24 +168,3 @@ def test_quantizer_range_arguments():
     with pytest.raises(ValueError, match="quantizer_range=50"):
         PrecisionSearch(quantizer_range=50)
 
-
-def test_synthetic_interactions_shape_and_sampled_negatives():
-    data = synthetic_interactions(ids=200, edges=2000, clusters=4, negatives=3, seed=2)
-    ids, labels = data.train
-    assert data.vocabulary_size == 200 and ids.shape[1] == 2
-    parts = (data.train, data.validation, data.test)
-    assert sum(part[0].shape[0] for part in parts) == 8000
-    rows = np.concatenate([part[0] for part in parts])
-    edge = np.concatenate([part[1] for part in parts])[:, 0] == 1
-    assert edge.sum() == 2000  # one positive per three sampled negatives
-    # each edge's first id comes with three negatives: per first id, 3x as many negatives
-    first_positive = np.bincount(rows[edge, 0], minlength=200)
-    np.testing.assert_array_equal(np.bincount(rows[~edge, 0], minlength=200), 3 * first_positive)
-    assert ids.min() >= 0 and ids.max() < 200
-    again = synthetic_interactions(ids=200, edges=2000, clusters=4, negatives=3, seed=2)
-    np.testing.assert_array_equal(again.train[0], ids)
-    assert "SYNTHETIC" in data.description
-    with pytest.raises(ValueError, match="negatives=0"):
-        synthetic_interactions(negatives=0)
-    with pytest.raises(ValueError, match="noise=1.5"):
-        synthetic_interactions(noise=1.5)

@@ -1,9 +1,10 @@
-"""Synthetic data: `synthetic_ctr` and the synthetic long tail with its planted answer."""
+"""Synthetic data: `synthetic_ctr`, `synthetic_interactions` and the synthetic long tail
+with its planted answer."""
 
 import numpy as np
 import pytest
 
-from keras_mpe.datasets import synthetic_ctr, synthetic_long_tail
+from keras_mpe.datasets import synthetic_ctr, synthetic_interactions, synthetic_long_tail
 
 
 def test_synthetic_ctr_shapes_split_and_heavy_tail():
@@ -76,3 +77,25 @@ def test_signal_mass_kept_counts_train_lookups_of_signal_ids():
 def test_synthetic_long_tail_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         synthetic_long_tail(**{"rows": 100, "vocabulary_size": 200, "signal_ranks": 20, **kwargs})
+
+
+def test_synthetic_interactions_shape_and_sampled_negatives():
+    data = synthetic_interactions(ids=200, edges=2000, clusters=4, negatives=3, seed=2)
+    ids, labels = data.train
+    assert data.vocabulary_size == 200 and ids.shape[1] == 2
+    parts = (data.train, data.validation, data.test)
+    assert sum(part[0].shape[0] for part in parts) == 8000
+    rows = np.concatenate([part[0] for part in parts])
+    edge = np.concatenate([part[1] for part in parts])[:, 0] == 1
+    assert edge.sum() == 2000  # one positive per three sampled negatives
+    # each edge's first id comes with three negatives: per first id, 3x as many negatives
+    first_positive = np.bincount(rows[edge, 0], minlength=200)
+    np.testing.assert_array_equal(np.bincount(rows[~edge, 0], minlength=200), 3 * first_positive)
+    assert ids.min() >= 0 and ids.max() < 200
+    again = synthetic_interactions(ids=200, edges=2000, clusters=4, negatives=3, seed=2)
+    np.testing.assert_array_equal(again.train[0], ids)
+    assert "SYNTHETIC" in data.description
+    with pytest.raises(ValueError, match="negatives=0"):
+        synthetic_interactions(negatives=0)
+    with pytest.raises(ValueError, match="noise=1.5"):
+        synthetic_interactions(noise=1.5)
