@@ -554,7 +554,7 @@ def _log_entries(
     """`mpe_avg_bits`, `mpe_compression` and `mpe_clipped` over all tables, and per layer
     if several (`reports` maps each layer's key to its memory report, in the order of
     `layers`; `shares` holds each layer's `clipped_shares()`)."""
-    lookups = [_group_lookups(layer) for layer in layers]
+    lookups = [layer.group_lookups() for layer in layers]
     clipped = [_clipped_share(s, n) for s, n in zip(shares, lookups, strict=True)]
     values = sum(layer.input_dim * layer.output_dim for layer in layers)
     float32_bytes = sum(r["float32_bytes"] for r in reports.values())
@@ -573,12 +573,6 @@ def _log_entries(
             entries[f"mpe_compression_{key}"] = report["compression_ratio"]
             entries[f"mpe_clipped_{key}"] = share
     return entries
-
-
-def _group_lookups(layer: MixedPrecisionEmbedding) -> np.ndarray:
-    """Per group, the weight of its lookups, as `clipped_shares()` weighs them."""
-    weights = layer._lookup_weights()  # the layer's one statement of the weighting rule
-    return np.bincount(layer.id_to_group.numpy(), weights, minlength=layer.groups)
 
 
 def _clipped_share(shares: np.ndarray, lookups: np.ndarray) -> float:

@@ -323,6 +323,30 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         frequencies = self.frequencies.numpy().astype(np.float64)
         return frequencies if frequencies.any() else np.ones(self.input_dim)
 
+    def group_lookups(self) -> np.ndarray:
+        """Per group, the weight of its lookups: the sum of its rows' frequencies, or
+        its number of rows while no frequencies are known (before `adapt()`).
+
+        `clipped_shares()` and `table_step_sizes()` weigh each row the same way, so
+        these are the weights that combine per-group clipped shares into one.
+
+        Returns float64 `[groups]`.
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(4, 2, num_groups=2)
+        >>> layer.group_lookups().tolist()
+        [2.0, 2.0]
+        >>> layer.adapt(np.array([0, 0, 3, 3, 3, 1]))
+        >>> layer.id_to_group.numpy()
+        array([1, 0, 0, 1])
+        >>> layer.group_lookups().tolist()
+        [1.0, 5.0]
+        """
+        self._build_if_needed()
+        weights = self._lookup_weights()
+        return np.bincount(self.id_to_group.numpy(), weights, minlength=self.groups)
+
     def _table_values(self) -> np.ndarray:
         table = self.embeddings
         if isinstance(table, ShardedVariable):  # its gathers would reorder rows
@@ -398,7 +422,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             row_bits[:, None],
             weights,
         )
-        lookups = np.bincount(id_to_group, weights, minlength=self.groups)
+        lookups = self.group_lookups()
         clipped = np.bincount(id_to_group, clipped, minlength=self.groups)
         clipped[(bits == 0) | (lookups == 0)] = np.nan
         return clipped, lookups

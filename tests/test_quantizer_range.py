@@ -51,6 +51,21 @@ def test_layer_clipped_shares_by_hand():
         layer.clipped_shares([2])
 
 
+def test_group_lookups_by_hand():
+    # ids 2, 3 (frequencies 1, 1) in group 0, ids 0, 1 (6, 2) in group 1
+    layer = _layer([6, 2, 1, 1])
+    np.testing.assert_array_equal(layer.group_lookups(), [2.0, 8.0])
+    # without frequencies every row weighs 1: each group's number of rows
+    np.testing.assert_array_equal(_layer([0, 0, 0, 0]).group_lookups(), [2.0, 2.0])
+    # the weights that make `clipped_share()` from `clipped_shares()`: group 0 at 2 bits
+    # has id 2's two values clipped (1 * 1 + 1 * 0) / 2, group 1 at 4 bits one of id 0's
+    # (6 * 0.5 + 2 * 0) / 8; overall (2 * 0.5 + 8 * 0.375) / 10
+    layer._assign_step_sizes(np.array([1.0, 0.25], np.float32))  # 2 bits, 4 bits
+    layer.embeddings.assign(np.array([[9.0, 0.0], [0.0, 0.0], [9.0, 9.0], [0.0, 0.0]], np.float32))
+    np.testing.assert_allclose(layer.clipped_shares([2, 4]), [0.5, 0.375], rtol=1e-6)
+    assert layer.clipped_share([2, 4]) == pytest.approx(0.4)
+
+
 def test_table_step_sizes_follow_the_table_and_raise_never_lowers():
     layer = _layer([3, 1, 0, 0])
     layer.embeddings.assign(np.array([[0.4, -0.4], [2.0, 2.0], [9.0, 9.0], [9.0, 9.0]]))
@@ -167,4 +182,3 @@ def test_quantizer_range_arguments():
         PrecisionSearch(quantizer_range="max")
     with pytest.raises(ValueError, match="quantizer_range=50"):
         PrecisionSearch(quantizer_range=50)
-
