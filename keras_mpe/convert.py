@@ -199,6 +199,90 @@ def convert(
             table's rows.
         ValueError, TypeError: a bad argument (the message names it).
     """
+    epochs, retrain_epochs, target_compression, bit_penalty, learning_rate = _check_arguments(
+        model,
+        epochs=epochs,
+        retrain_epochs=retrain_epochs,
+        target_compression=target_compression,
+        bit_penalty=bit_penalty,
+        search=search,
+        train_other_layers=train_other_layers,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        compile_options=compile_options,
+        model_fn=model_fn,
+    )
+    chosen = _chosen_layers(_embeddings(model), layers)
+    for layer in chosen:
+        _check_embedding(layer)
+    options = dict(
+        num_groups=num_groups,
+        bit_widths=tuple(bit_widths),
+        bit_penalty=bit_penalty or 0.0,
+        **layer_options,
+    )
+    MixedPrecisionEmbedding(1, 1, **options)  # checks the options before any work
+    features = _first_features(data)
+
+    pairs: list[tuple[Any, MixedPrecisionEmbedding]] = []
+    copy = _copy_model(model, model_fn, features, chosen, options, pairs)
+    if target_compression is not None:
+        for _, layer in pairs:
+            precision.check_reachable(layer, target_compression)
+    counts = _count_ids(copy, data, [layer for _, layer in pairs], batch_size)
+    for (_, layer), frequencies in zip(pairs, counts, strict=True):
+        layer.set_frequencies(frequencies)
+        layer.set_quantizer(
+            *quantizers.fit_to_rows(
+                _frequent_rows(layer), float(layer.offset_scale.numpy()), layer.bit_widths
+            )
+        )
+
+    if not train_other_layers:
+        converted = {id(layer) for _, layer in pairs}
+        for layer in flatten_layers(copy, include_self=False):
+            if id(layer) not in converted and not flatten_layers(layer, include_self=False):
+                layer.trainable = False
+    _compile(copy, model, compile_options, required=epochs > 0)
+    if epochs > 0:
+        _set_learning_rate(copy.optimizer, learning_rate)
+
+    if epochs == 0 or not search:
+        for _, layer in pairs:
+            layer.freeze_precision(precision.allocate_bits(layer, target_compression))
+    fit_options = dict(validation_data=validation_data, verbose=verbose)
+    if epochs == 0:
+        return copy
+    if not search:
+        _fit(copy, data, batch_size, epochs, list(callbacks), fit_options)
+        return copy
+    precision_search = PrecisionSearch(
+        monitor=monitor or ("val_loss" if validation_data is not None else "loss"),
+        target_compression=target_compression,
+        verbose=int(bool(verbose)),
+    )
+    _fit(copy, data, batch_size, epochs, [precision_search, *callbacks], fit_options)
+    _fit(copy, data, batch_size, retrain_epochs, list(callbacks), fit_options)
+    return copy
+
+
+# ------------------------------------------------------------------- arguments
+def _check_arguments(
+    model: Any,
+    *,
+    epochs: int,
+    retrain_epochs: int | None,
+    target_compression: float | None,
+    bit_penalty: float | None,
+    search: bool,
+    train_other_layers: bool,
+    batch_size: int | None,
+    learning_rate: float | None,
+    compile_options: dict | None,
+    model_fn: Callable[[], Any] | None,
+) -> tuple[int, int, float | None, float | None, float | None]:
+    """Checks `convert`'s arguments against each other; returns them normalized:
+    `(epochs, retrain_epochs, target_compression, bit_penalty, learning_rate)`."""
     epochs = checks.positive_int("epochs", epochs, allow_zero=True)
     retrain_epochs = epochs if retrain_epochs is None else retrain_epochs
     retrain_epochs = checks.positive_int("retrain_epochs", retrain_epochs, allow_zero=True)
@@ -244,6 +328,11 @@ def convert(
             f"`model` must be a Keras model ({keras.Model.__module__}.Model). "
             f"Received: model of type {type(model).__name__}"
         )
+    return epochs, retrain_epochs, target_compression, bit_penalty, learning_rate
+
+
+def _embeddings(model: Any) -> list:
+    """The `keras.layers.Embedding` layers of a float `model`."""
     already = find_mixed_precision_layers(model)
     if already:
         raise ConversionError(
@@ -259,78 +348,9 @@ def convert(
             f"`model` {model.name!r} holds no keras.layers.Embedding, so there is nothing "
             f"to convert. Its layers: {[layer.name for layer in flatten_layers(model)][1:]}"
         )
-    chosen = _chosen_layers(embeddings, layers)
-    for layer in chosen:
-        _check_embedding(layer)
-    options = dict(
-        num_groups=num_groups,
-        bit_widths=tuple(bit_widths),
-        bit_penalty=bit_penalty or 0.0,
-        **layer_options,
-    )
-    MixedPrecisionEmbedding(1, 1, **options)  # checks the options before any work
-    features = _first_features(data)
-
-    pairs: list[tuple[Any, MixedPrecisionEmbedding]] = []
-    if _is_graph_model(model):
-        if model_fn is not None:
-            raise ValueError(
-                "`model_fn` is for subclassed models; a functional or Sequential model "
-                f"is copied with keras.models.clone_model. Received: model_fn={model_fn!r} "
-                f"for a {type(model).__name__} model"
-            )
-        copy = _clone_graph_model(model, chosen, options, pairs)
-    else:
-        if model_fn is None:
-            raise ConversionError(
-                f"`model` {model.name!r} is a subclassed model ({type(model).__name__}), "
-                "which cannot be copied from its config. Pass `model_fn`, a function that "
-                f"builds a new {type(model).__name__} of the same architecture, e.g. "
-                f"model_fn=lambda: {type(model).__name__}(...); its weights are copied "
-                "from `model`."
-            )
-        copy = _rebuild_subclassed_model(model, model_fn, features, chosen, options, pairs)
-    if target_compression is not None:
-        for _, layer in pairs:
-            precision.check_reachable(layer, target_compression)
-    counts = _count_ids(copy, data, [layer for _, layer in pairs], batch_size)
-    for (_, layer), frequencies in zip(pairs, counts, strict=True):
-        layer.set_frequencies(frequencies)
-        layer.set_quantizer(
-            *quantizers.fit_to_rows(
-                _frequent_rows(layer), float(layer.offset_scale.numpy()), layer.bit_widths
-            )
-        )
-
-    if not train_other_layers:
-        converted = {id(layer) for _, layer in pairs}
-        for layer in flatten_layers(copy, include_self=False):
-            if id(layer) not in converted and not flatten_layers(layer, include_self=False):
-                layer.trainable = False
-    _compile(copy, model, compile_options, required=epochs > 0)
-    if epochs > 0:
-        _set_learning_rate(copy.optimizer, learning_rate)
-
-    if epochs == 0 or not search:
-        for _, layer in pairs:
-            layer.freeze_precision(precision.allocate_bits(layer, target_compression))
-    fit_options = dict(validation_data=validation_data, verbose=verbose)
-    if epochs == 0:
-        return copy
-    if not search:
-        _fit(copy, data, batch_size, epochs, list(callbacks), fit_options)
-        return copy
-    precision_search = PrecisionSearch(
-        monitor=monitor or ("val_loss" if validation_data is not None else "loss"),
-        target_compression=target_compression,
-        verbose=int(bool(verbose)),
-    )
-    _fit(copy, data, batch_size, epochs, [precision_search, *callbacks], fit_options)
-    _fit(copy, data, batch_size, retrain_epochs, list(callbacks), fit_options)
-    return copy
+    return embeddings
 
 
-# ------------------------------------------------------------------- arguments
 def _chosen_layers(embeddings: list, layers: Sequence[Any] | None) -> list:
     """The Embedding layers `layers` names (objects or names), default all."""
     if layers is None:
@@ -404,6 +424,36 @@ def _functional_class() -> type:
 
 
 # --------------------------------------------------------------------- copying
+def _copy_model(
+    model: Any,
+    model_fn: Callable[[], Any] | None,
+    features: Any,
+    chosen: list,
+    options: dict,
+    pairs: list,
+) -> Any:
+    """A copy of `model` with each of the `chosen` Embedding layers replaced by a
+    `MixedPrecisionEmbedding(**options)`, the trained weights copied; appends each
+    `(embedding, replacement)` to `pairs`."""
+    if _is_graph_model(model):
+        if model_fn is not None:
+            raise ValueError(
+                "`model_fn` is for subclassed models; a functional or Sequential model "
+                f"is copied with keras.models.clone_model. Received: model_fn={model_fn!r} "
+                f"for a {type(model).__name__} model"
+            )
+        return _clone_graph_model(model, chosen, options, pairs)
+    if model_fn is None:
+        raise ConversionError(
+            f"`model` {model.name!r} is a subclassed model ({type(model).__name__}), "
+            "which cannot be copied from its config. Pass `model_fn`, a function that "
+            f"builds a new {type(model).__name__} of the same architecture, e.g. "
+            f"model_fn=lambda: {type(model).__name__}(...); its weights are copied "
+            "from `model`."
+        )
+    return _rebuild_subclassed_model(model, model_fn, features, chosen, options, pairs)
+
+
 def _clone_graph_model(model: Any, chosen: list, options: dict, pairs: list) -> Any:
     """`clone_model` of a functional or Sequential model, recursing into nested ones,
     with the chosen Embeddings replaced and every other layer's weights copied."""
