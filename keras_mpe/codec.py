@@ -398,6 +398,49 @@ def storage_order(id_to_group: np.ndarray, num_groups: int) -> tuple[np.ndarray,
     return storage, np.argsort(position[id_to_group], kind="stable")
 
 
+def _first_width_rows(
+    rows: np.ndarray, stored_bits: np.ndarray, nonzero: Sequence[int]
+) -> np.ndarray:
+    """Each group's (in storage order) first row in its bit-width's table: the rows
+    of the groups of its width before it.
+
+    >>> _first_width_rows(np.array([2, 3, 4, 1]), np.array([4, 0, 4, 2]), (2, 4))
+    array([0, 0, 2, 0])
+    """
+    first = np.zeros(rows.size, np.int64)
+    for b in nonzero:
+        mine = stored_bits == b
+        first[mine] = np.concatenate([[0], np.cumsum(rows[mine])[:-1]])
+    return first
+
+
+def _read_rows(values: Any, ids: np.ndarray) -> np.ndarray:
+    """float32 `[len(ids), D]` rows of `values` (numpy, a tensor or a variable),
+    checked to be finite."""
+    rows = values[ids] if isinstance(values, np.ndarray) else tf.gather(values, ids).numpy()
+    rows = rows.astype(np.float32, copy=False)
+    bad = ~np.isfinite(rows)
+    if bad.any():
+        row, column = np.unravel_index(np.argmax(bad), bad.shape)
+        raise ValueError(
+            f"`table` must be finite. Received table[{ids[row]}, {column}]={rows[row, column]}."
+        )
+    return rows
+
+
+def _packed_rows(chunk: np.ndarray, step: np.float32, offset: np.ndarray, bits: int) -> np.ndarray:
+    """`chunk`'s rows as packed `bits`-bit rows: the codes exactly as the retrain
+    state computes them (one step size and bit-width per row), stored unsigned."""
+    count = chunk.shape[0]
+    signed = quantizers.quantize_codes(
+        tf.constant(chunk),
+        tf.constant(np.full((count, 1), step, np.float32)),
+        tf.constant(offset),
+        tf.constant(np.full((count, 1), bits, np.int32)),
+    ).numpy()
+    return pack_rows((signed + np.float32(2 ** (bits - 1))).astype(np.uint8), bits)
+
+
 def pack_table(
     table: Any,
     step_sizes: Any,
@@ -480,50 +523,25 @@ def pack_table(
     rows = np.bincount(groups, minlength=num_groups)[storage]
     stored_bits = bits[storage]
     first_rows = np.concatenate([[0], np.cumsum(rows)[:-1]])
-    # each group's first row in its width's table: the rows of the groups of its
-    # width before it
-    first_width_rows = np.zeros(num_groups, np.int64)
-    for b in nonzero:
-        mine = stored_bits == b
-        first_width_rows[mine] = np.concatenate([[0], np.cumsum(rows[mine])[:-1]])
+    first_width_rows = _first_width_rows(rows, stored_bits, nonzero)
     tables = {
         b: np.zeros((int(rows[stored_bits == b].sum()), row_bytes(b, output_dim)), np.uint8)
         for b in nonzero
     }
-
-    def read_rows(ids: np.ndarray) -> np.ndarray:
-        """float32 `[len(ids), D]` rows of the table, checked to be finite."""
-        rows = tf.gather(values, ids).numpy() if in_tf else values[ids]
-        rows = rows.astype(np.float32, copy=False)
-        bad = ~np.isfinite(rows)
-        if bad.any():
-            row, column = np.unravel_index(np.argmax(bad), bad.shape)
-            raise ValueError(
-                f"`table` must be finite. Received table[{ids[row]}, {column}]="
-                f"{rows[row, column]}."
-            )
-        return rows
-
-    # group by group, in chunks of a fixed number of rows: codes exactly as the
-    # retrain state computes them (one step size and bit-width per row), stored
-    # unsigned; every row is read, so every row is checked
     step_by_bits = np.ones(checks.MAX_BITS + 1, np.float32)
     step_by_bits[list(nonzero)] = steps
+    # group by group, in chunks of a fixed number of rows; every row is read, so every
+    # row is checked
     for slot in range(num_groups):
         b, start, count = int(stored_bits[slot]), int(first_rows[slot]), int(rows[slot])
         for begin in range(0, count, _QUANTIZE_CHUNK):
             end = min(begin + _QUANTIZE_CHUNK, count)
-            chunk = read_rows(row_to_id[start + begin : start + end])
+            chunk = _read_rows(values, row_to_id[start + begin : start + end])
             if b:
-                signed = quantizers.quantize_codes(
-                    tf.constant(chunk),
-                    tf.constant(np.full((end - begin, 1), step_by_bits[b], np.float32)),
-                    tf.constant(beta),
-                    tf.constant(np.full((end - begin, 1), b, np.int32)),
-                ).numpy()
-                codes = (signed + np.float32(2 ** (b - 1))).astype(np.uint8)
                 local = int(first_width_rows[slot]) + begin
-                tables[b][local : local + end - begin] = pack_rows(codes, b)
+                tables[b][local : local + end - begin] = _packed_rows(
+                    chunk, step_by_bits[b], beta, b
+                )
 
     permutation = None
     if not grouping.groups_are_contiguous(groups):
