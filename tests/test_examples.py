@@ -203,6 +203,20 @@ def test_serving_benchmark_runs_at_a_toy_size():
     )
 
 
+@tf_keras_only
+def test_tfrs_serving_benchmark_runs_at_a_toy_size():
+    _require_movielens("100k")
+    arguments = ["--batches", "8,16", "--repeats", "1"]
+    output = _run([str(BENCHMARKS / "serving_tfrs.py"), *arguments], legacy_keras=True)
+    _assert_lines(
+        output,
+        [
+            rf"^TFRS basic ranking, .*; tables {NUMBER}x smaller packed",
+            *[rf"^ +{batch} +{NUMBER}ms +{NUMBER}ms +{NUMBER}x$" for batch in (8, 16)],
+        ],
+    )
+
+
 def test_packed_layout_prototype_decodes_like_numpy_at_a_toy_size():
     """The script compares each prototype's rows (out-of-range ids included) with a
     numpy decode of its layout before timing, and exits with an error if one differs."""
