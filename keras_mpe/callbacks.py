@@ -265,7 +265,7 @@ class PrecisionSearch(keras.callbacks.Callback):
         if self.target_compression is not None:
             for layer in self._layers:
                 if float(layer.bit_penalty.numpy()) == 0.0:
-                    layer.bit_penalty.assign(PENALTY_START)
+                    layer.set_bit_penalty(PENALTY_START)
         self._writer = (
             tf.summary.create_file_writer(os.path.join(self.log_dir, "mpe"))
             if self.log_dir
@@ -335,7 +335,7 @@ class PrecisionSearch(keras.callbacks.Callback):
         progress = min(1.0, progress)
         for layer in self._layers:
             final = layer.final_temperature
-            layer.temperature.assign(
+            layer.set_temperature(
                 self.initial_temperature * (final / self.initial_temperature) ** progress
             )
 
@@ -343,7 +343,7 @@ class PrecisionSearch(keras.callbacks.Callback):
         ratio = layer.memory_report(_selection(layer))["compression_ratio"]
         aim = self.target_compression * (1 + precision.TARGET_TOLERANCE) / 2
         factor = float(np.clip(aim / ratio, *PENALTY_FACTOR_RANGE))
-        layer.bit_penalty.assign(float(layer.bit_penalty.numpy()) * factor)
+        layer.set_bit_penalty(float(layer.bit_penalty.numpy()) * factor)
 
     def _check_monitor_is_logged(self, logs: dict) -> None:
         """At the first batch: the monitor's metric must be logged (its `val_` twin is
@@ -393,7 +393,7 @@ class PrecisionSearch(keras.callbacks.Callback):
                 "entries, or choose `monitor` among these."
             )
         value = float(logs[self.monitor])
-        states = [_precision_state(layer) for layer in self._layers]
+        states = [layer.search_state() for layer in self._layers]
         if not math.isfinite(value):
             self._stop_on_non_finite(f"{self.monitor} is {value}")
         for key, state in zip(self._keys, states, strict=True):
@@ -423,9 +423,8 @@ class PrecisionSearch(keras.callbacks.Callback):
         for key, layer, state, initial in zip(
             self._keys, self._layers, self._best_states, self._initial_tables, strict=True
         ):
-            for name, value in state.items():
-                getattr(layer, name).assign(value)
-            layer.temperature.assign(layer.final_temperature)
+            layer.set_search_state(state)
+            layer.set_temperature(layer.final_temperature)
             bits = layer.select_group_bits()
             if self.target_compression is not None:
                 bits = precision.fit_to_budget(
@@ -528,7 +527,7 @@ class PrecisionSearch(keras.callbacks.Callback):
             self.backup_dir,
             self._backup_identity(),
             [
-                {name: value.shape for name, value in _precision_state(layer).items()}
+                {name: value.shape for name, value in layer.search_state().items()}
                 for layer in self._layers
             ],
             trained=int(self.model.optimizer.iterations.numpy()) > 0,
@@ -613,12 +612,3 @@ def _layer_keys(model: Any, layers: list[MixedPrecisionEmbedding]) -> list[str]:
             "by its path of names when names repeat. Give these layers distinct `name=`."
         )
     return keys
-
-
-def _precision_state(layer: MixedPrecisionEmbedding) -> dict[str, np.ndarray]:
-    """The variables the search keeps from its best epoch."""
-    return {
-        "precision_logits": layer.precision_logits.numpy(),
-        "log_step_sizes": layer.log_step_sizes.numpy(),
-        "relative_offset": layer.relative_offset.numpy(),
-    }

@@ -23,6 +23,8 @@ from keras_mpe.backend import (
 from keras_mpe.ids import ids_in_range, integer_ids
 
 SEARCH, RETRAIN = "search", "retrain"
+# the variables the search learns besides the table (`search_state`)
+SEARCH_STATE = ("precision_logits", "log_step_sizes", "relative_offset")
 SEARCH_FORWARDS = ("sample", "expectation")
 
 
@@ -735,6 +737,41 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         self._build_if_needed()
         index = precision.selected_index(self._probabilities(temperature)).numpy()
         return np.asarray(self.bit_widths, np.int32)[index]
+
+    def search_state(self) -> dict[str, np.ndarray]:
+        """What the search learns besides the table: the precision logits, the step
+        sizes (as `log_step_sizes`) and the offset (as `relative_offset`), as numpy
+        arrays by variable name. `PrecisionSearch` keeps its best epoch's and puts
+        them back with `set_search_state`.
+
+        >>> layer = MixedPrecisionEmbedding(8, 2, num_groups=2, bit_widths=(0, 4))
+        >>> sorted((name, value.shape) for name, value in layer.search_state().items())
+        [('log_step_sizes', (1,)), ('precision_logits', (2, 2)), ('relative_offset', (2,))]
+        """
+        self._build_if_needed()
+        return {name: getattr(self, name).numpy() for name in SEARCH_STATE}
+
+    def set_search_state(self, state: dict[str, Any]) -> None:
+        """Assigns what `search_state()` returned (all of it, same shapes)."""
+        self._build_if_needed()
+        if sorted(state) != sorted(SEARCH_STATE):
+            raise ValueError(
+                f"`state` must have the keys {sorted(SEARCH_STATE)}. Received: {sorted(state)}"
+            )
+        for name in SEARCH_STATE:
+            getattr(self, name).assign(state[name])
+
+    def set_temperature(self, temperature: float) -> None:
+        """Sets the softmax temperature of the precision probabilities (the search
+        anneals it; selection reads the final one)."""
+        self._build_if_needed()
+        self.temperature.assign(checks.positive_float("temperature", temperature))
+
+    def set_bit_penalty(self, bit_penalty: float) -> None:
+        """Sets the weight of the expected-bits penalty (the search steers it towards
+        a target compression)."""
+        self._build_if_needed()
+        self.bit_penalty.assign(checks.positive_float("bit_penalty", bit_penalty, allow_zero=True))
 
     def freeze_precision(self, group_bits: Any = None) -> None:
         """Fixes one bit-width per group and moves to the retrain state.

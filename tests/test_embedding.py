@@ -805,3 +805,22 @@ def test_methods_of_an_unbuilt_layer_build_it_first():
     frozen = MixedPrecisionEmbedding(40, 4, num_groups=4, bit_widths=(0, 2, 4))
     frozen.freeze_precision([0, 2, 4, 4])
     assert frozen.state == "retrain"
+
+
+def test_search_state_round_trips_and_the_search_knobs_are_checked():
+    layer = MixedPrecisionEmbedding(8, 2, num_groups=2, bit_widths=(0, 2, 4))
+    state = layer.search_state()
+    assert sorted(state) == ["log_step_sizes", "precision_logits", "relative_offset"]
+    changed = {name: value + 0.25 for name, value in state.items()}
+    layer.set_search_state(changed)
+    for name, value in layer.search_state().items():
+        np.testing.assert_array_equal(value, changed[name])
+    with pytest.raises(ValueError, match="must have the keys"):
+        layer.set_search_state({"precision_logits": state["precision_logits"]})
+    layer.set_temperature(0.5)
+    layer.set_bit_penalty(0.0)
+    assert float(layer.temperature.numpy()) == 0.5 and float(layer.bit_penalty.numpy()) == 0.0
+    with pytest.raises(ValueError, match="temperature"):
+        layer.set_temperature(0.0)
+    with pytest.raises(ValueError, match="bit_penalty"):
+        layer.set_bit_penalty(-1.0)
