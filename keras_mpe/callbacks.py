@@ -435,7 +435,7 @@ class PrecisionSearch(keras.callbacks.Callback):
                 )
             layer.freeze_precision(bits)
             if self.rewind:
-                table_files.restore_table(layer.embeddings, initial)
+                layer.rewind_table(initial)
             self.reports[key] = layer.memory_report()
         self._initial_tables = []
         self._table_directory.cleanup()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import checks, codec, grouping, precision, quantizers
+from keras_mpe import checks, codec, grouping, precision, quantizers, table_files
 from keras_mpe.backend import (
     IS_KERAS_3,
     ShardedVariable,
@@ -549,6 +549,23 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             )
         self.embeddings.assign(table)
         self.offset_scale.assign(mean_abs)
+
+    def rewind_table(self, table: np.ndarray) -> None:
+        """Puts back a table saved earlier, e.g. the search's memory-mapped copy of the
+        initial table (`keras_mpe.table_files.save_table`), a chunk of rows at a time,
+        so no second whole table is held in memory. Unlike `set_table`, nothing else
+        changes: the table comes back to a layer whose quantizer was learned on it.
+
+        >>> layer = MixedPrecisionEmbedding(3, 2)
+        >>> layer.build()
+        >>> initial = layer.embeddings.numpy()
+        >>> layer.set_table(np.ones((3, 2), np.float32))
+        >>> layer.rewind_table(initial)
+        >>> bool((layer.embeddings.numpy() == initial).all())
+        True
+        """
+        self._build_if_needed()
+        table_files.restore_table(self.embeddings, table)
 
     def set_quantizer(self, step_sizes: Any, offset: Any) -> None:
         """Sets the step size of each non-zero candidate width and the offset, through
