@@ -346,8 +346,11 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         [1.0, 5.0]
         """
         self._build_if_needed()
-        weights = self._lookup_weights()
-        return np.bincount(self.id_to_group.numpy(), weights, minlength=self.groups)
+        return self._per_group(self.id_to_group.numpy(), self._lookup_weights())
+
+    def _per_group(self, id_to_group: np.ndarray, row_values: np.ndarray) -> np.ndarray:
+        """Sums per-row values into their groups: float64 `[groups]`."""
+        return np.bincount(id_to_group, row_values, minlength=self.groups)
 
     def _table_values(self) -> np.ndarray:
         table = self.embeddings
@@ -424,8 +427,8 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             row_bits[:, None],
             weights,
         )
-        lookups = self.group_lookups()
-        clipped = np.bincount(id_to_group, clipped, minlength=self.groups)
+        lookups = self._per_group(id_to_group, weights)  # group_lookups(), no second read
+        clipped = self._per_group(id_to_group, clipped)
         clipped[(bits == 0) | (lookups == 0)] = np.nan
         return clipped, lookups
 
