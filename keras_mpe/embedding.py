@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_mpe import checks, codec, grouping, precision, quantizers, table_files
+from keras_mpe import (
+    checks,
+    codec,
+    grouping,
+    initial_table,
+    precision,
+    quantizers,
+    table_files,
+)
 from keras_mpe.backend import (
     IS_KERAS_3,
     ShardedVariable,
@@ -19,6 +27,7 @@ from keras_mpe.backend import (
     losses_of_this_call,
     not_equal,
     set_variable_trainable,
+    tf_variable,
 )
 from keras_mpe.ids import ids_in_range, integer_ids
 
@@ -208,9 +217,16 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
     def build(self, input_shape: Any = None) -> None:
         """Creates the table, the quantizer and precision variables and the groups."""
         num_bits = len(self.bit_widths)
-        self.embeddings = self._add_weight(
-            "embeddings", (self.input_dim, self.output_dim), self._initial_table
-        )
+        shape = (self.input_dim, self.output_dim)
+        with tf.init_scope():  # once, even when built while a train step is traced
+            self._fill_table = initial_table.draws_in_chunks(self.embeddings_initializer, shape)
+            self._table_needs_fill = False
+            self.embeddings = self._add_weight("embeddings", shape, self._initial_table)
+            self._fill_table = False  # a deferred initialization draws the whole table
+            if self._table_needs_fill:
+                self._initial_mean_abs = initial_table.fill_table(
+                    tf_variable(self.embeddings), self.embeddings_initializer
+                )
         self.log_step_sizes = self._add_weight(
             "log_step_sizes", (len(self._nonzero_bit_widths),), self._initial_log_step_sizes
         )
@@ -269,11 +285,16 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         )
 
     def _initial_table(self, shape: Any, dtype: Any = None) -> tf.Tensor:
-        """Draws the table and remembers its mean |value| for the step sizes.
+        """Draws the table and remembers its mean |value| for the step sizes; a
+        large table starts at zeros and `build` draws it in place, a chunk at a time
+        (`keras_mpe.initial_table`).
 
         Keras may defer variable initialization (e.g. when a subclassed model is
         built inside `fit`), so the step sizes must not read the table variable.
         """
+        if self._fill_table:
+            self._table_needs_fill = True
+            return tf.zeros(shape)
         table = tf.convert_to_tensor(self.embeddings_initializer(shape, "float32"))
         self._initial_mean_abs = tf.reduce_mean(tf.abs(table))
         if tf.executing_eagerly() and float(self._initial_mean_abs) == 0.0:
