@@ -659,21 +659,26 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         index = tf.cast(ids, tf.int64)
         rows = gather_rows(self.embeddings, index)
         groups = tf.cast(gather_rows(self.id_to_group, index), tf.int32)
-        # each group's frozen width as an index into the candidates: [G] work, then
-        # one gather per row
+        # each group's width as an index into the candidates (frozen, or drawn while
+        # a "sample" search runs): [G] work, then one gather per row
+        weights, drawn_index = self._search_weights(training)
+        frozen = self.precision_frozen > 0
         group_width_index = tf.gather(self._width_index(), tf.cast(self.group_bits, tf.int32))
+        if drawn_index is not None:
+            group_width_index = tf.where(frozen, group_width_index, drawn_index)
         outputs = quantizers.embedding_quantize(
             rows,
-            quantizers.small_table_gather(self._search_weights(training), groups),
+            quantizers.small_table_gather(weights, groups),
             self.candidate_step_sizes(),
             self.offset,
             tf.gather(group_width_index, groups),
-            self.precision_frozen > 0,
+            frozen,
             self.bit_widths,
             [
                 quantizers.lsq_grad_scale(b, self.input_dim * self.output_dim)
                 for b in self.bit_widths
             ],
+            self.search_forward,
         )
         outputs *= tf.cast(valid, tf.float32)[:, None]
         if not losses_of_this_call(self):  # once per forward pass, however often it is called
@@ -705,12 +710,13 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         temperature = self.temperature if temperature is None else temperature
         return tf.nn.softmax(self.precision_logits / temperature, axis=-1)
 
-    def _search_weights(self, training: bool | None) -> tf.Tensor:
+    def _search_weights(self, training: bool | None) -> tuple[tf.Tensor, tf.Tensor | None]:
         """Per group, the weights of the candidates in the search forward (see
-        `search_forward`): the probabilities, or one width with their gradient."""
+        `search_forward`) and the index of the width drawn: the probabilities and
+        None, or one width's one-hot with the probabilities' gradient and its index."""
         probabilities = self._probabilities()
         if self.search_forward == "expectation":
-            return probabilities
+            return probabilities, None
         if training:
             # Frozen widths ignore the weights: draw (and advance the seed) only while
             # searching. The condition is on the integer index, off the gradient path.
@@ -722,7 +728,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         else:
             index = precision.selected_index(self._probabilities(self.final_temperature))
         one_hot = tf.one_hot(index, len(self.bit_widths))
-        return probabilities + tf.stop_gradient(one_hot - probabilities)
+        return probabilities + tf.stop_gradient(one_hot - probabilities), index
 
     def _draw_widths(self) -> tf.Tensor:
         """One candidate index per group, drawn from the softmax at the current

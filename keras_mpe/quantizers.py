@@ -252,17 +252,25 @@ def _mixture_values(values, probabilities, step_sizes, offset, bit_widths):
     return outputs
 
 
+def _width_scores(dy, values, step_sizes, offset, bit_widths):
+    """`[N, K]`: per row, `sum_d dy * quantize_k(values)` for each candidate k, the
+    gradient of the mixture with respect to the row's weight of candidate k."""
+    scores = [tf.zeros_like(values[:, 0])] * len(bit_widths)
+    for k, bits in enumerate(bit_widths):
+        if bits:
+            quantized = _lsq_values(values, step_sizes[k], offset, tf.constant(bits))
+            scores[k] = tf.reduce_sum(dy * quantized, axis=1)
+    return tf.stack(scores, axis=1)
+
+
 def _mixture_gradients(dy, values, probabilities, step_sizes, offset, bit_widths, grad_scales):
     """`(dL/dvalues, dL/dprobabilities, dL/dstep_sizes, dL/doffset)` of the mixture."""
     dvalues = tf.zeros_like(values)
-    dprobabilities = [tf.zeros_like(probabilities[:, 0])] * len(bit_widths)
     dstep_sizes = [tf.zeros([])] * len(bit_widths)
     doffset = tf.zeros_like(offset)
     for k, bits in enumerate(bit_widths):
         if not bits:
             continue
-        quantized = _lsq_values(values, step_sizes[k], offset, tf.constant(bits))
-        dprobabilities[k] = tf.reduce_sum(dy * quantized, axis=1)
         d_k, dstep_sizes[k], doffset_k = _lsq_gradients(
             dy * probabilities[:, k : k + 1],
             values,
@@ -273,7 +281,8 @@ def _mixture_gradients(dy, values, probabilities, step_sizes, offset, bit_widths
         )
         dvalues += d_k
         doffset += doffset_k
-    return dvalues, tf.stack(dprobabilities, axis=1), tf.stack(dstep_sizes), doffset
+    dprobabilities = _width_scores(dy, values, step_sizes, offset, bit_widths)
+    return dvalues, dprobabilities, tf.stack(dstep_sizes), doffset
 
 
 @tf.function(jit_compile=True)
@@ -385,9 +394,18 @@ def mixture_quantize(
 
 @tf.function(jit_compile=True)
 def _embedding_quantize(
-    values, probabilities, step_sizes, offset, row_widths, frozen, bit_widths, grad_scales
+    values,
+    probabilities,
+    step_sizes,
+    offset,
+    row_widths,
+    frozen,
+    bit_widths,
+    grad_scales,
+    search_forward,
 ):
-    # row_widths holds each row's index into bit_widths (its frozen bit-width)
+    # row_widths holds each row's index into bit_widths: its frozen bit-width, or
+    # while a "sample" search runs, the one drawn for it
     one_hot = tf.one_hot(row_widths, len(bit_widths))  # [N, K]
     # float32 bits: a GPU compares int32 in host memory
     row_bits = tf.gather(tf.constant(bit_widths, tf.float32), row_widths)[:, None]
@@ -397,28 +415,39 @@ def _embedding_quantize(
     def quantize(values, probabilities, step_sizes, offset):
         row_step = tf.linalg.matvec(one_hot, step_sizes)[:, None]
 
-        def retrain_values():
+        def one_width_values():
             return _lsq_values(values, row_step, offset, row_bits)
 
-        def search_values():
+        def mixture_values():
             return _mixture_values(values, probabilities, step_sizes, offset, bit_widths)
 
         def grad(dy):
-            def retrain_gradients():
+            def one_width_gradients(dprobabilities):
                 dvalues, drow_step, doffset = _lsq_gradients(
                     dy, values, row_step, offset, row_bits, row_scale
                 )
                 dstep_sizes = tf.linalg.matvec(one_hot, drow_step[:, 0], transpose_a=True)
-                return dvalues, tf.zeros_like(probabilities), dstep_sizes, doffset
+                return dvalues, dprobabilities, dstep_sizes, doffset
+
+            def retrain_gradients():
+                return one_width_gradients(tf.zeros_like(probabilities))
 
             def search_gradients():
+                if search_forward == "sample":
+                    # the one-hot weights pass the values, step sizes and offset the
+                    # gradients of the drawn width alone; only the weights' gradient
+                    # needs every candidate
+                    scores = _width_scores(dy, values, step_sizes, offset, bit_widths)
+                    return one_width_gradients(scores)
                 return _mixture_gradients(
                     dy, values, probabilities, step_sizes, offset, bit_widths, grad_scales
                 )
 
             return tf.cond(frozen, retrain_gradients, search_gradients)
 
-        return tf.cond(frozen, retrain_values, search_values), grad
+        if search_forward == "sample":
+            return one_width_values(), grad
+        return tf.cond(frozen, one_width_values, mixture_values), grad
 
     return quantize(values, probabilities, step_sizes, offset)
 
@@ -432,25 +461,34 @@ def embedding_quantize(
     frozen: tf.Tensor,
     bit_widths: Sequence[int],
     grad_scales: Sequence[float],
+    search_forward: str = "expectation",
 ) -> tf.Tensor:
-    """The layer's kernel: the search mixture, or one quantizer per row once frozen.
+    """The layer's kernel: the search's forward, or one quantizer per row once frozen.
 
     `frozen` is a runtime boolean, so a traced train step switches state without
     retracing. The switch sits inside one custom gradient: differentiating through a
     `tf.cond` instead would keep every intermediate of both branches alive and, under
     XLA, ran a training step about 20 times slower.
 
+    With `search_forward="sample"` the search quantizes each row at its drawn width
+    (`row_widths`) and `probabilities` are the one-hot weights of the drawn widths
+    (with the probabilities' gradient): the output, and the gradients of `values`,
+    `step_sizes` and `offset`, are those of the drawn width, and only the weights'
+    gradient quantizes at every candidate. With `"expectation"` the search's output
+    is `sum_k p_k * quantize_k(values)`.
+
     Args:
         values: float32 `[N, D]`, the looked-up rows.
-        probabilities: float32 `[N, K]`, each row's probability of each bit-width
+        probabilities: float32 `[N, K]`, each row's weight of each bit-width
             (search state; gets zero gradient when frozen).
         step_sizes: float32 `[K]`, one step size per candidate (0-bit entries unused).
         offset: float32 `[D]`.
-        row_widths: int32 `[N]`, each row's frozen bit-width as an index into
-            `bit_widths` (retrain state).
-        frozen: bool scalar, whether to use `row_widths` instead of the mixture.
+        row_widths: int32 `[N]`, each row's bit-width as an index into `bit_widths`:
+            the frozen one, or in a `"sample"` search the drawn one.
+        frozen: bool scalar, whether the layer is in the retrain state.
         bit_widths: the K candidate bit-widths, Python ints.
         grad_scales: the K LSQ gradient scales, Python floats.
+        search_forward: `"sample"` or `"expectation"`, the layer's search forward.
 
     Returns:
         float32 `[N, D]`.
@@ -463,6 +501,8 @@ def embedding_quantize(
     array([[0.25]], dtype=float32)
     >>> embedding_quantize(*args, tf.constant(True), (0, 2), (0.0, 1.0)).numpy()
     array([[0.5]], dtype=float32)
+    >>> embedding_quantize(*args, tf.constant(False), (0, 2), (0.0, 1.0), "sample").numpy()
+    array([[0.5]], dtype=float32)
     """
     return _embedding_quantize(
         *(
@@ -473,6 +513,7 @@ def embedding_quantize(
         tf.convert_to_tensor(frozen, tf.bool),
         tuple(int(b) for b in bit_widths),
         tuple(float(s) for s in grad_scales),
+        search_forward,
     )
 
 

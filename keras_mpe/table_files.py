@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from keras_mpe.backend import ShardedVariable, gather_rows, tf_variable
 
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = 16 * 2**20  # each chunk passes through memory about twice
 
 
 def _variable(variable: Any) -> Any:
@@ -62,7 +62,7 @@ def save_table(variable: Any, path: str, chunk_bytes: int = CHUNK_BYTES) -> np.m
                 if isinstance(variable, tf.Variable)
                 else gather_rows(variable, rows)
             )
-            file.write(np.ascontiguousarray(chunk.numpy()).tobytes())
+            np.ascontiguousarray(chunk.numpy()).tofile(file)
     return np.load(path, mmap_mode="r")
 
 

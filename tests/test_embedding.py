@@ -594,6 +594,33 @@ def test_sampled_search_quantizes_each_group_at_one_drawn_width():
         assert any(np.allclose(out[rows], at_width[b][rows], atol=1e-6) for b in (0, 2, 4))
 
 
+def test_sampled_search_trains_the_table_and_quantizer_as_the_drawn_widths_would():
+    sampled = _layer(60, 4, num_groups=6, bit_widths=(0, 2, 4), final_temperature=1.0)
+    _randomize_logits(sampled)
+    frozen = _layer(60, 4, num_groups=6, bit_widths=(0, 2, 4))
+    frozen.set_weights(sampled.get_weights())
+    ids = np.arange(60)
+    dy = np.random.default_rng(5).normal(size=(60, 4)).astype(np.float32)
+    sampled.sampling_seed.assign([7, 0])
+    drawn = sampled._search_weights(training=True)[1].numpy()
+    sampled.sampling_seed.assign([7, 0])  # the call below draws the same widths
+    frozen.freeze_precision(np.array(sampled.bit_widths)[drawn])
+    assert len(set(drawn)) > 1
+    watched = ("embeddings", "log_step_sizes", "relative_offset")
+    gradients = []
+    for layer in (sampled, frozen):
+        variables = [getattr(layer, name) for name in watched]
+        with tf.GradientTape() as tape:
+            out = layer(ids, training=True)
+            loss = tf.reduce_sum(out * dy)
+        gradients.append([tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, variables)])
+        np.testing.assert_allclose(out.numpy(), _retrain_reference(frozen, ids), atol=1e-7)
+    for name, ours, reference in zip(watched, *gradients):
+        np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-9, err_msg=name)
+    # no value is clipped here, so the offset's LSQ+ gradient is zero; the others not
+    assert np.abs(gradients[1][0]).max() > 0 and np.abs(gradients[1][1]).min() > 0
+
+
 def test_sampled_search_gives_the_logits_the_expectation_gradient():
     sampled = _layer(60, 4, num_groups=6, bit_widths=(0, 2, 4), final_temperature=1.0)
     expectation = _layer(
@@ -622,13 +649,13 @@ def test_sampled_widths_follow_the_softmax_and_replay_from_the_seed():
     # at temperature 0.5, p(4 bits) = 3 / (1 + 3)
     layer.precision_logits.assign(np.tile([0.0, 0.5 * np.log(3.0)], (1000, 1)))
     start = layer.sampling_seed.numpy()
-    first = layer._search_weights(training=True).numpy()
-    second = layer._search_weights(training=True).numpy()
+    first = layer._search_weights(training=True)[0].numpy()
+    second = layer._search_weights(training=True)[0].numpy()
     assert set(np.unique(first)) == {0.0, 1.0} and (first.sum(axis=1) == 1).all()
     assert abs(first[:, 1].mean() - 0.75) < 0.06
     assert (first != second).any()  # a new draw each call
     layer.sampling_seed.assign(start)
-    np.testing.assert_array_equal(layer._search_weights(training=True).numpy(), first)
+    np.testing.assert_array_equal(layer._search_weights(training=True)[0].numpy(), first)
 
 
 @pytest.mark.parametrize("jit_compile", [None, False, True])  # eager, graph, XLA
