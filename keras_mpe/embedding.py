@@ -340,11 +340,20 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         return self.relative_offset * (self.offset_scale * self.quantizer_learning_rate_scale)
 
     # -------------------------------------------------------- quantizer range
-    def _lookup_weights(self) -> np.ndarray:
-        """Each row's weight in the range statistics: its frequency, or 1 for all rows
-        while no frequencies are known."""
-        frequencies = self.frequencies.numpy().astype(np.float64)
-        return frequencies if frequencies.any() else np.ones(self.input_dim)
+    def _row_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The table a chunk of rows at a time (`table_files.read_chunks`), so that a
+        large table is never copied whole: `(rows float32 [n, D], their groups int64
+        [n], their weights float64 [n])`, a row's weight its frequency, or 1 for
+        every row while no frequencies are known."""
+        weighted = bool(tf.reduce_any(tf.convert_to_tensor(self.frequencies) > 0))
+        for start, rows in table_files.read_chunks(self.embeddings):
+            index = tf.range(start, start + len(rows), dtype=tf.int64)
+            weights = (
+                gather_rows(self.frequencies, index).numpy().astype(np.float64)
+                if weighted
+                else np.ones(len(rows))
+            )
+            yield rows, gather_rows(self.id_to_group, index).numpy(), weights
 
     def group_lookups(self) -> np.ndarray:
         """Per group, the weight of its lookups: the sum of its rows' frequencies, or
@@ -367,17 +376,11 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         [1.0, 5.0]
         """
         self._build_if_needed()
-        return self._per_group(self.id_to_group.numpy(), self._lookup_weights())
+        return sum(self._per_group(groups, weights) for _, groups, weights in self._row_chunks())
 
     def _per_group(self, id_to_group: np.ndarray, row_values: np.ndarray) -> np.ndarray:
         """Sums per-row values into their groups: float64 `[groups]`."""
         return np.bincount(id_to_group, row_values, minlength=self.groups)
-
-    def _table_values(self) -> np.ndarray:
-        table = self.embeddings
-        if isinstance(table, ShardedVariable):  # its gathers would reorder rows
-            table = tf.convert_to_tensor(table)
-        return np.asarray(table.numpy())
 
     def _current_group_bits(self) -> np.ndarray:
         """The frozen bits, or in the search those `select_group_bits()` would pick
@@ -436,20 +439,16 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
                     f"`group_bits` must be taken from the candidates {self.bit_widths}. "
                     f"Received: group_bits={np.asarray(group_bits).tolist()}"
                 )
-        id_to_group = self.id_to_group.numpy()
-        row_bits = bits[id_to_group]
-        step_sizes = self.candidate_step_sizes().numpy()
-        row_step = step_sizes[self._width_index().numpy()[row_bits]]
-        weights = self._lookup_weights()
-        clipped = quantizers.clipped_share(
-            self._table_values(),
-            row_step[:, None],
-            self.offset.numpy(),
-            row_bits[:, None],
-            weights,
-        )
-        lookups = self._per_group(id_to_group, weights)  # group_lookups(), no second read
-        clipped = self._per_group(id_to_group, clipped)
+        bit_step_sizes = self.candidate_step_sizes().numpy()[self._width_index().numpy()]
+        offset = self.offset.numpy()
+        clipped = lookups = np.zeros(self.groups)
+        for rows, groups, weights in self._row_chunks():
+            row_bits = bits[groups][:, None]
+            shares = quantizers.clipped_share(
+                rows, bit_step_sizes[row_bits], offset, row_bits, weights
+            )
+            clipped = clipped + self._per_group(groups, shares)
+            lookups = lookups + self._per_group(groups, weights)  # as group_lookups()
         clipped[(bits == 0) | (lookups == 0)] = np.nan
         return clipped, lookups
 
@@ -472,9 +471,12 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         [1.0, 0.5]
         """
         self._build_if_needed()
-        weights = self._lookup_weights()
-        deviation = np.abs(self._table_values() - self.offset.numpy()).mean(axis=1)
-        mean_abs = float(np.dot(weights, deviation) / weights.sum())
+        offset = self.offset.numpy()
+        deviation_sum = weight_sum = 0.0
+        for rows, _, weights in self._row_chunks():
+            deviation_sum += float(np.dot(weights, np.abs(rows - offset).mean(axis=1)))
+            weight_sum += float(weights.sum())
+        mean_abs = deviation_sum / weight_sum
         initial = quantizers.initial_step_sizes(mean_abs, self._nonzero_bit_widths)
         return initial.astype(np.float32)
 

@@ -6,6 +6,7 @@ plain file I/O (not mapped), so they sit in the page cache, which the system
 reclaims, and never count in the process's resident memory.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -51,19 +52,35 @@ def save_table(variable: Any, path: str, chunk_bytes: int = CHUNK_BYTES) -> np.m
     """
     shape = tuple(int(n) for n in variable.shape)
     dtype = _dtype(variable)
-    step = _rows_per_chunk(variable, chunk_bytes)
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     with open(path, "wb") as file:
         np.lib.format.write_array_header_1_0(file, header)
-        for start in range(0, shape[0], step):
-            rows = tf.range(start, min(start + step, shape[0]), dtype=tf.int64)
-            chunk = (
-                tf.gather(variable, rows)
-                if isinstance(variable, tf.Variable)
-                else gather_rows(variable, rows)
-            )
-            np.ascontiguousarray(chunk.numpy()).tofile(file)
+        for _, chunk in read_chunks(variable, chunk_bytes):
+            chunk.tofile(file)
     return np.load(path, mmap_mode="r")
+
+
+def read_chunks(variable: Any, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
+    """`variable`'s value a chunk of rows (about `chunk_bytes`) at a time, in row
+    order: `(first row, numpy rows)` pairs. A sharded variable's rows are gathered
+    across its shards.
+
+    Example:
+
+    >>> table = tf.Variable(tf.reshape(tf.range(6.0), [3, 2]))
+    >>> [(start, rows.tolist()) for start, rows in read_chunks(table, chunk_bytes=16)]
+    [(0, [[0.0, 1.0], [2.0, 3.0]]), (2, [[4.0, 5.0]])]
+    """
+    rows_in_table = int(variable.shape[0])
+    step = _rows_per_chunk(variable, chunk_bytes)
+    for start in range(0, rows_in_table, step):
+        rows = tf.range(start, min(start + step, rows_in_table), dtype=tf.int64)
+        chunk = (
+            tf.gather(variable, rows)
+            if isinstance(variable, tf.Variable)
+            else gather_rows(variable, rows)
+        )
+        yield start, np.ascontiguousarray(chunk.numpy())
 
 
 def restore_table(variable: Any, table: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> None:
