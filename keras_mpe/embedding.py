@@ -452,13 +452,51 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         clipped[(bits == 0) | (lookups == 0)] = np.nan
         return clipped, lookups
 
-    def table_step_sizes(self) -> np.ndarray:
+    def lookup_sample(self, size: int, seed: int = 0) -> np.ndarray:
+        """`size` row ids drawn with replacement, each with probability proportional
+        to its lookup weight (its frequency, or alike before `adapt()`): a sample of
+        the looked-up rows, over which `table_step_sizes(rows=...)` estimates the
+        statistics of a large table. Reads the frequencies a chunk at a time.
+
+        Returns sorted int64 `[size]`.
+
+        Example:
+
+        >>> layer = MixedPrecisionEmbedding(4, 2, frequencies=[0, 3, 1, 0])
+        >>> sample = layer.lookup_sample(1000)
+        >>> sorted(set(sample.tolist())), int((sample == 1).sum()) in range(700, 800)
+        ([1, 2], True)
+        """
+        self._build_if_needed()
+        size = checks.positive_int("size", size)
+        rng = np.random.default_rng(seed)
+        chunks = lambda: table_files.read_chunks(self.frequencies)  # noqa: E731
+        total = sum(float(counts.sum()) for _, counts in chunks())
+        if total == 0:
+            return np.sort(rng.integers(0, self.input_dim, size))
+        targets = np.sort(rng.uniform(0.0, total, size))
+        ids, passed, first = [], 0.0, 0
+        for start, counts in chunks():
+            ends = passed + np.cumsum(counts, dtype=np.float64)
+            last = start + len(counts) == self.input_dim
+            stop = size if last else int(np.searchsorted(targets, ends[-1]))
+            rows = np.searchsorted(ends, targets[first:stop], side="right")
+            ids.append(start + np.minimum(rows, len(counts) - 1))
+            passed, first = ends[-1], stop
+        return np.concatenate(ids).astype(np.int64)
+
+    def table_step_sizes(self, rows: Any = None) -> np.ndarray:
         """LSQ+'s initial step sizes, taken over the table as it is now.
 
         `alpha_b = 2 * E|w - beta| / sqrt(2**(b-1))` for each non-zero candidate `b`,
         the mean over the looked-up values (each row weighted by its frequency, all
         rows alike before `adapt()`), `beta` the current offset. At build time the
         step sizes start at this value over the initial table.
+
+        Args:
+            rows: optional row ids to take the mean over instead, each counted
+                alike, e.g. a `lookup_sample()`: the estimate that `QuantizerRange`
+                uses for a large table, which it need not read whole.
 
         Returns float32 `[number of non-zero candidates]`.
 
@@ -471,19 +509,28 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         [1.0, 0.5]
         """
         self._build_if_needed()
+        if rows is None:
+            chunks = self._row_chunks()
+        else:
+            if not len(rows):
+                raise ValueError("`rows` must name at least one row. Received: rows=[]")
+            rows = checks.int_array("rows", rows, (len(rows),), 0, self.input_dim - 1)
+            index = tf.constant(rows)
+            chunks = [(gather_rows(self.embeddings, index).numpy(), None, np.ones(len(index)))]
         offset = self.offset.numpy()
         deviation_sum = weight_sum = 0.0
-        for rows, _, weights in self._row_chunks():
-            deviation_sum += float(np.dot(weights, np.abs(rows - offset).mean(axis=1)))
+        for values, _, weights in chunks:
+            deviation_sum += float(np.dot(weights, np.abs(values - offset).mean(axis=1)))
             weight_sum += float(weights.sum())
         mean_abs = deviation_sum / weight_sum
         initial = quantizers.initial_step_sizes(mean_abs, self._nonzero_bit_widths)
         return initial.astype(np.float32)
 
-    def raise_step_sizes(self, reset: bool = False) -> None:
-        """Raises each step size to at least `table_step_sizes()`, so the quantizer's
-        range follows the table as it grows; with `reset`, sets them to it."""
-        fitted = self.table_step_sizes()
+    def raise_step_sizes(self, reset: bool = False, rows: Any = None) -> None:
+        """Raises each step size to at least `table_step_sizes(rows)`, so the
+        quantizer's range follows the table as it grows; with `reset`, sets them to
+        it."""
+        fitted = self.table_step_sizes(rows)
         current = self.step_sizes.numpy()
         self._assign_step_sizes(fitted if reset else np.maximum(current, fitted))
 

@@ -15,6 +15,9 @@ from keras_mpe.backend import keras
 from keras_mpe.embedding import find_mixed_precision_layers
 
 RULES = ("floor", "reset")
+# a table of more rows is estimated over a sample of its lookups, not read whole
+WHOLE_TABLE_ROWS = 2**20
+SAMPLE_ROWS = 2**16
 
 
 class QuantizerRange(keras.callbacks.Callback):
@@ -25,7 +28,10 @@ class QuantizerRange(keras.callbacks.Callback):
     (the learned step size keeps any larger range); `rule="reset"` sets it to that
     value. The estimate reads only the layer's variables (the table, weighted by the
     id frequencies from `adapt()`), so every replica of a distributed model computes
-    the same step sizes. Steps are counted by the optimizer's `iterations`, so a fit
+    the same step sizes. A table of more than `WHOLE_TABLE_ROWS` rows is not read
+    whole at every estimate: the mean is taken over `SAMPLE_ROWS` rows drawn once
+    per `fit` by frequency (`MixedPrecisionEmbedding.lookup_sample`, seeded, so
+    every replica draws the same). Steps are counted by the optimizer's `iterations`, so a fit
     resumed by `keras.callbacks.BackupAndRestore` keeps the schedule.
 
     `PrecisionSearch` runs a `QuantizerRange("floor")` during the search unless told
@@ -56,6 +62,10 @@ class QuantizerRange(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._layers = find_mixed_precision_layers(self.model)
+        self._rows = [
+            layer.lookup_sample(SAMPLE_ROWS) if layer.input_dim > WHOLE_TABLE_ROWS else None
+            for layer in self._layers
+        ]
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
@@ -64,5 +74,5 @@ class QuantizerRange(keras.callbacks.Callback):
     def update(self) -> None:
         """Sets the step sizes of every MixedPrecisionEmbedding of the model by the
         rule, now (`fit` calls it every `every` steps)."""
-        for layer in self._layers:
-            layer.raise_step_sizes(reset=self.rule == "reset")
+        for layer, rows in zip(self._layers, self._rows, strict=True):
+            layer.raise_step_sizes(reset=self.rule == "reset", rows=rows)

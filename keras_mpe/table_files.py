@@ -60,10 +60,12 @@ def save_table(variable: Any, path: str, chunk_bytes: int = CHUNK_BYTES) -> np.m
     return np.load(path, mmap_mode="r")
 
 
-def read_chunks(variable: Any, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
-    """`variable`'s value a chunk of rows (about `chunk_bytes`) at a time, in row
-    order: `(first row, numpy rows)` pairs. A sharded variable's rows are gathered
-    across its shards.
+def read_chunks(
+    variable: Any, chunk_bytes: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """`variable`'s value a chunk of rows (about `chunk_bytes`, by default
+    `CHUNK_BYTES`) at a time, in row order: `(first row, numpy rows)` pairs. A
+    sharded variable's rows are gathered across its shards.
 
     Example:
 
@@ -72,7 +74,7 @@ def read_chunks(variable: Any, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple
     [(0, [[0.0, 1.0], [2.0, 3.0]]), (2, [[4.0, 5.0]])]
     """
     rows_in_table = int(variable.shape[0])
-    step = _rows_per_chunk(variable, chunk_bytes)
+    step = _rows_per_chunk(variable, CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
     for start in range(0, rows_in_table, step):
         rows = tf.range(start, min(start + step, rows_in_table), dtype=tf.int64)
         chunk = (

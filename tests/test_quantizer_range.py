@@ -4,7 +4,14 @@ re-estimated from the table, checked against hand-computed values."""
 import numpy as np
 import pytest
 
-from keras_mpe import MixedPrecisionEmbedding, PrecisionSearch, QuantizerRange, quantizers
+from keras_mpe import (
+    MixedPrecisionEmbedding,
+    PrecisionSearch,
+    QuantizerRange,
+    quantizer_range,
+    quantizers,
+    table_files,
+)
 from keras_mpe.backend import keras
 from keras_mpe.datasets import synthetic_interactions
 
@@ -77,6 +84,58 @@ def test_table_step_sizes_follow_the_table_and_raise_never_lowers():
     np.testing.assert_allclose(layer.step_sizes.numpy(), [10.0, expected[1]], rtol=1e-5)
     layer.raise_step_sizes(reset=True)
     np.testing.assert_allclose(layer.step_sizes.numpy(), expected, rtol=1e-5)
+
+
+def test_range_statistics_read_the_table_in_chunks(monkeypatch):
+    monkeypatch.setattr(table_files, "CHUNK_BYTES", 64)  # 2 rows of 8 values, 8 ids
+    frequencies = np.random.default_rng(1).integers(0, 5, size=101)
+    layer = MixedPrecisionEmbedding(101, 8, num_groups=4, frequencies=frequencies)
+    layer.build()
+    table = layer.embeddings.numpy()
+    weights = frequencies.astype(np.float64)
+    expected = 2 * np.dot(weights, np.abs(table).mean(axis=1)) / weights.sum()
+    np.testing.assert_allclose(
+        layer.table_step_sizes(),
+        expected / np.sqrt(2.0 ** (np.array(layer._nonzero_bit_widths) - 1)),
+        rtol=1e-6,
+    )
+    groups = layer.id_to_group.numpy()
+    np.testing.assert_array_equal(
+        layer.group_lookups(), np.bincount(groups, weights, minlength=layer.groups)
+    )
+
+
+def test_lookup_sample_draws_rows_by_frequency(monkeypatch):
+    monkeypatch.setattr(table_files, "CHUNK_BYTES", 40)  # 5 ids per chunk
+    frequencies = np.zeros(23, np.int64)
+    frequencies[[0, 4, 5, 22]] = [1, 2, 3, 4]  # across chunks, the last id included
+    layer = MixedPrecisionEmbedding(23, 2, frequencies=frequencies)
+    sample = layer.lookup_sample(20000, seed=3)
+    assert sample.shape == (20000,) and (np.diff(sample) >= 0).all()
+    counts = np.bincount(sample, minlength=23)
+    assert set(np.flatnonzero(counts)) == {0, 4, 5, 22}  # never an unseen id
+    np.testing.assert_allclose(counts[[0, 4, 5, 22]] / 20000, [0.1, 0.2, 0.3, 0.4], atol=0.015)
+    np.testing.assert_array_equal(layer.lookup_sample(20000, seed=3), sample)
+    # rows drawn by frequency and counted alike estimate the weighted mean
+    estimate = layer.table_step_sizes(rows=sample)
+    np.testing.assert_allclose(estimate, layer.table_step_sizes(), rtol=0.05)
+    with pytest.raises(ValueError, match=r"`rows` values must be in \[0, 22\]"):
+        layer.table_step_sizes(rows=[0, 23])
+
+
+def test_quantizer_range_estimates_a_large_table_over_a_sample(monkeypatch):
+    monkeypatch.setattr(quantizer_range, "WHOLE_TABLE_ROWS", 50)
+    monkeypatch.setattr(quantizer_range, "SAMPLE_ROWS", 300)
+    frequencies = np.random.default_rng(2).integers(0, 9, size=101)
+    layer = MixedPrecisionEmbedding(101, 4, frequencies=frequencies)
+    model = keras.Sequential([keras.Input(shape=(1,), dtype="int32"), layer])
+    rule = QuantizerRange("reset")
+    rule.set_model(model)
+    rule.on_train_begin()
+    rule.update()
+    expected = layer.table_step_sizes(rows=layer.lookup_sample(300))
+    np.testing.assert_allclose(layer.step_sizes.numpy(), expected, rtol=1e-5)
+    assert not np.allclose(expected, layer.table_step_sizes(), rtol=1e-7)  # a sample
 
 
 def _model(data, bit_widths=(6,)):
