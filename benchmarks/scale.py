@@ -15,7 +15,8 @@ peak is reset with `/proc/self/clear_refs` just before the measured part):
   `PrecisionSearch` (which keeps the initial table for the rewind);
 - `retrain`: build the layer, freeze it at the bits the search chose, train;
 - `export`: a retrain-state model trained for two steps, then
-  `keras_mpe.export_saved_model`; the peak is the rise above the RSS before export.
+  `keras_mpe.export_saved_model`; the peak is the rise above the RSS before export
+  (the reload and one batch served from `serving_default` come after it).
 
 Step times are medians over `--steps` steps after `--warmup` steps (the time
 between consecutive `on_train_batch_end` calls of `fit`); ratios are to the
@@ -157,6 +158,22 @@ def train(model, batches: list, steps: int, callbacks: list | None = None) -> tu
     return list(np.diff(timer.ends)), timer.peak_rss
 
 
+def serve_one_batch(directory: str, ids: np.ndarray, model) -> dict:
+    """Loads the SavedModel, serves `ids` through `serving_default` and compares
+    the outputs with the Keras model's."""
+    import tensorflow as tf
+
+    begin = time.perf_counter()
+    serving = tf.saved_model.load(directory).signatures["serving_default"]
+    loaded_s = time.perf_counter() - begin
+    (name,) = serving.structured_input_signature[1]
+    begin = time.perf_counter()
+    (served,) = serving(**{name: tf.constant(ids)}).values()
+    served_s = time.perf_counter() - begin
+    difference = float(np.abs(served.numpy() - model.predict(ids, verbose=0)).max())
+    return {"load_s": loaded_s, "served_s": served_s, "served_max_difference": difference}
+
+
 def run_phase(args: argparse.Namespace) -> dict:
     """Runs one phase in this process; returns its figures."""
     import tensorflow as tf
@@ -197,6 +214,10 @@ def run_phase(args: argparse.Namespace) -> dict:
                     for root, _, names in os.walk(directory)
                     for name in names
                 )
+                result["peak_rss_bytes"] = peak_rss()
+                reset_peak_rss()
+                result.update(serve_one_batch(directory, batches[0][0], model))
+                result["serve_peak_rss_bytes"] = peak_rss()
             times = None
     elif args.phase == "adapt":
         layer = keras_mpe.MixedPrecisionEmbedding(args.input_dim, args.dim)
@@ -221,7 +242,7 @@ def run_phase(args: argparse.Namespace) -> dict:
     if times is not None:
         result["run_s"] = float(sum(times))
         result["step_s"] = float(np.median(times[args.warmup :]))
-    result["peak_rss_bytes"] = peak_rss()
+    result.setdefault("peak_rss_bytes", peak_rss())
     result["flavour"] = "Keras 3" if keras_mpe.backend.IS_KERAS_3 else "tf-keras"
     result["tf_version"] = tf.__version__
     return result
@@ -275,6 +296,42 @@ def child_arguments(args: argparse.Namespace, phase: str, bits: list | None) -> 
     return arguments
 
 
+def _mem_available() -> int:
+    """The system's MemAvailable in bytes."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def run_watched(arguments: list[str], min_available_gib: float) -> tuple:
+    """Runs a phase's process; kills it when the system's available memory drops
+    below `min_available_gib`, before the kernel's OOM killer picks a process.
+    Returns `(returncode, stdout, stderr, {"killed", "max_rss_bytes", "killed_at_s"})`,
+    the child's RSS sampled every 0.2 s."""
+    begin = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(arguments, stdout=out, stderr=err, text=True, env=os.environ)
+        watched = {"killed": False, "max_rss_bytes": 0}
+        while child.poll() is None:
+            try:
+                with open(f"/proc/{child.pid}/status") as status:
+                    rss = next(int(x.split()[1]) * 1024 for x in status if x.startswith("VmRSS"))
+                watched["max_rss_bytes"] = max(watched["max_rss_bytes"], rss)
+            except (OSError, StopIteration):
+                pass
+            if _mem_available() < min_available_gib * 2**30:
+                child.kill()
+                child.wait()
+                watched.update(killed=True, killed_at_s=time.perf_counter() - begin)
+                break
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        return child.returncode, out.read(), err.read(), watched
+
+
 def positive_int(text: str) -> int:
     value = int(float(text))  # accepts 1e7
     if value < 1 or value != float(text):
@@ -300,6 +357,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adapt_ids", type=positive_int, default=100_000_000)
     parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated")
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    parser.add_argument(
+        "--min_available_gib",
+        type=float,
+        default=1.5,
+        help="kill a phase when the system's available memory falls below this",
+    )
     parser.add_argument(
         "--dense_ops",
         action="store_true",
@@ -336,13 +399,16 @@ def main() -> None:
     results, bits = {}, None
     for phase in [p for p in PHASES if p in args.phases]:
         begin = time.perf_counter()
-        completed = subprocess.run(
-            child_arguments(args, phase, bits), capture_output=True, text=True, env=os.environ
+        returncode, stdout, stderr, watched = run_watched(
+            child_arguments(args, phase, bits), args.min_available_gib
         )
-        lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-        if completed.returncode != 0 or not lines:
-            sys.stderr.write(completed.stdout[-3000:] + completed.stderr[-5000:])
-            raise SystemExit(f"phase {phase} failed with exit code {completed.returncode}")
+        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+        if watched["killed"]:
+            results[phase] = {**watched, "process_s": time.perf_counter() - begin}
+            continue
+        if returncode != 0 or not lines:
+            sys.stderr.write(stdout[-3000:] + stderr[-5000:])
+            raise SystemExit(f"phase {phase} failed with exit code {returncode}")
         results[phase] = json.loads(lines[-1][len("RESULT ") :])
         results[phase]["process_s"] = time.perf_counter() - begin
         bits = results[phase].get("bits", bits)
@@ -361,6 +427,14 @@ def main() -> None:
     )
     base = results.get("embedding", {}).get("step_s")
     for phase, r in results.items():
+        if r.get("killed"):
+            print(
+                f"  {phase:10s} {r['process_s']:9.1f}  killed {r['killed_at_s']:.0f} s in, when "
+                f"the system's available memory fell below {args.min_available_gib} GiB; its "
+                f"RSS had reached {r['max_rss_bytes'] / 2**20:,.0f} MiB "
+                f"({r['max_rss_bytes'] / table:.2f}x table)"
+            )
+            continue
         notes = ""
         if phase == "adapt":
             notes = (
@@ -373,7 +447,10 @@ def main() -> None:
             notes = (
                 f"export adds {added / 2**20:,.0f} MiB = {added / table:.2f}x table to the "
                 f"RSS before it ({r['rss_before_bytes'] / 2**20:,.0f} MiB); SavedModel "
-                f"{r['saved_model_bytes'] / 2**20:,.1f} MiB"
+                f"{r['saved_model_bytes'] / 2**20:,.1f} MiB; reloaded in {r['load_s']:.1f} s "
+                f"(peak RSS {r['serve_peak_rss_bytes'] / 2**20:,.0f} MiB), "
+                f"one batch served in {1000 * r['served_s']:.0f} ms, max |served - Keras| "
+                f"{r['served_max_difference']:.1e}"
             )
         if phase == "search":
             notes = (
