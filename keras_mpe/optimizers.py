@@ -229,6 +229,23 @@ class Adagrad(_RowSparse, keras.optimizers.Adagrad):
             **kwargs,
         )
 
+    def build(self, var_list: list) -> None:
+        if not IS_KERAS_3:
+            return super().build(var_list)
+        if self.built:
+            return None
+        # Keras 3's Adagrad fills its accumulators through `Constant`, which
+        # multiplies a tensor of ones by the value: a second whole table at once.
+        # `tf.fill` makes the one the variable keeps.
+        keras.optimizers.Optimizer.build(self, var_list)
+        value = self.initial_accumulator_value
+        self._accumulators = self.add_optimizer_variables(
+            var_list,
+            "accumulator",
+            initializer=lambda shape, dtype=None: tf.fill(shape, tf.constant(value, dtype)),
+        )
+        return None
+
     def update_step(self, gradient: Any, variable: Any, *learning_rate: Any) -> None:
         if not isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, *learning_rate)

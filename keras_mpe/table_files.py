@@ -60,9 +60,7 @@ def save_table(variable: Any, path: str, chunk_bytes: int = CHUNK_BYTES) -> np.m
     return np.load(path, mmap_mode="r")
 
 
-def read_chunks(
-    variable: Any, chunk_bytes: int | None = None
-) -> Iterator[tuple[int, np.ndarray]]:
+def read_chunks(variable: Any, chunk_bytes: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """`variable`'s value a chunk of rows (about `chunk_bytes`, by default
     `CHUNK_BYTES`) at a time, in row order: `(first row, numpy rows)` pairs. A
     sharded variable's rows are gathered across its shards.
