@@ -14,7 +14,8 @@ peak is reset with `/proc/self/clear_refs` just before the measured part):
 - `search`: build, compile and train the layer in the search state, under
   `PrecisionSearch` (which keeps the initial table for the rewind);
 - `retrain`: build the layer, freeze it at the bits the search chose, train;
-- `export`: a retrain-state model trained for two steps, then
+- `export`: a retrain-state model at the search's bits, as a process that loads
+  the retrained weights holds it (no optimizer slots), then
   `keras_mpe.export_saved_model`; the peak is the rise above the RSS before export
   (the reload and one batch served from `serving_default` come after it).
 
@@ -201,8 +202,9 @@ def run_phase(args: argparse.Namespace) -> dict:
         layer.freeze_precision(json.loads(args.bits) if args.bits else None)
         model = build_model(args, layer)
         result["setup_s"] = time.perf_counter() - start
-        times, _ = train(model, batches, steps if args.phase == "retrain" else 2)
-        if args.phase == "export":
+        if args.phase == "retrain":
+            times, _ = train(model, batches, steps)
+        else:
             result["peak_reset"] = reset_peak_rss()
             result["rss_before_bytes"] = current_rss()
             begin = time.perf_counter()
@@ -413,7 +415,8 @@ def main() -> None:
         results[phase]["process_s"] = time.perf_counter() - begin
         bits = results[phase].get("bits", bits)
 
-    first = next(iter(results.values()))
+    first = next((r for r in results.values() if "flavour" in r), {})
+    first = {"flavour": "?", "tf_version": "?", **first}
     print(
         f"scale, {first['flavour']} (TF {first['tf_version']}), input_dim={args.input_dim:,} "
         f"D={args.dim} (float32 table {table / 2**20:,.1f} MiB), {args.fields} fields, "

@@ -172,7 +172,7 @@ def int_array(name: str, value: Any, shape: tuple[int, ...], low: int, high: int
         raise ValueError(
             f"`{name}` values must be in [{low}, {high}]. Received {name}[{index}]={array[index]}."
         )
-    return array.astype(np.int64)
+    return array.astype(np.int64, copy=False)
 
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

@@ -428,17 +428,18 @@ def _read_rows(values: Any, ids: np.ndarray) -> np.ndarray:
     return rows
 
 
-def _packed_rows(chunk: np.ndarray, step: np.float32, offset: np.ndarray, bits: int) -> np.ndarray:
-    """`chunk`'s rows as packed `bits`-bit rows: the codes exactly as the retrain
-    state computes them (one step size and bit-width per row), stored unsigned."""
-    count = chunk.shape[0]
-    signed = quantizers.quantize_codes(
+def _codes(
+    chunk: np.ndarray, steps: np.ndarray, offset: np.ndarray, bits: np.ndarray
+) -> np.ndarray:
+    """The signed codes of `chunk`'s rows, each at its own step size and bit-width,
+    exactly as the retrain state computes them (one step size and bit-width per
+    row)."""
+    return quantizers.quantize_codes(
         tf.constant(chunk),
-        tf.constant(np.full((count, 1), step, np.float32)),
+        tf.constant(steps[:, None]),
         tf.constant(offset),
-        tf.constant(np.full((count, 1), bits, np.int32)),
+        tf.constant(bits.astype(np.int32)[:, None]),
     ).numpy()
-    return pack_rows((signed + np.float32(2 ** (bits - 1))).astype(np.uint8), bits)
 
 
 def pack_table(
@@ -530,18 +531,22 @@ def pack_table(
     }
     step_by_bits = np.ones(checks.MAX_BITS + 1, np.float32)
     step_by_bits[list(nonzero)] = steps
-    # group by group, in chunks of a fixed number of rows; every row is read, so every
-    # row is checked
-    for slot in range(num_groups):
-        b, start, count = int(stored_bits[slot]), int(first_rows[slot]), int(rows[slot])
-        for begin in range(0, count, _QUANTIZE_CHUNK):
-            end = min(begin + _QUANTIZE_CHUNK, count)
-            chunk = _read_rows(values, row_to_id[start + begin : start + end])
-            if b:
-                local = int(first_width_rows[slot]) + begin
-                tables[b][local : local + end - begin] = _packed_rows(
-                    chunk, step_by_bits[b], beta, b
-                )
+    # the rows in storage order, in chunks of a fixed number of rows (one compiled
+    # shape, plus the last), each row at its group's bits; a width's rows come in the
+    # order its table stores them. Every row is read, so every row is checked.
+    row_bits = np.repeat(stored_bits.astype(np.uint8), rows)
+    filled = dict.fromkeys(nonzero, 0)
+    for start in range(0, input_dim, _QUANTIZE_CHUNK):
+        chunk_bits = row_bits[start : start + _QUANTIZE_CHUNK]
+        chunk = _read_rows(values, row_to_id[start : start + _QUANTIZE_CHUNK])
+        codes = _codes(chunk, step_by_bits[chunk_bits], beta, chunk_bits)
+        for b in nonzero:
+            mine = chunk_bits == b
+            count = int(np.count_nonzero(mine))
+            if count:
+                unsigned = (codes[mine] + np.float32(2 ** (b - 1))).astype(np.uint8)
+                tables[b][filled[b] : filled[b] + count] = pack_rows(unsigned, b)
+                filled[b] += count
 
     permutation = None
     if not grouping.groups_are_contiguous(groups):

@@ -959,9 +959,10 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
                 "can be packed. Run the search (`PrecisionSearch`) or call "
                 "`freeze_precision()` first."
             )
-        table = self.embeddings  # read in chunks of rows: no float copy of the table
-        if isinstance(table, ShardedVariable):  # its gathers would reorder rows
-            table = tf.convert_to_tensor(table)
+        if isinstance(self.embeddings, ShardedVariable):  # its gathers would reorder rows
+            table = tf.convert_to_tensor(self.embeddings)
+        else:  # read in chunks of rows by gathers from the tf.Variable: no float copy
+            table = tf_variable(self.embeddings)
         return codec.pack_table(
             table,
             self.step_sizes.numpy(),
