@@ -35,6 +35,9 @@ in id order. Variants (all timed, interleaved in one process, medians of `--repe
 - `codebook16`: `codebook_natural` two bytes at a time (a uint16 `tf.bitcast` of each
   pair indexes a `[65536, 16 / p]` codebook), half the gather indices (D a multiple
   of 16);
+- `unique`: `scatter` on the distinct ids of the batch only (`tf.unique` first; the
+  put-back gather takes each id's distinct slot), so that the routing, row gathers
+  and decodes run once per distinct id;
 - `floor`: not a decode (the rows' first bytes broadcast to `[m, D]`): the routing and
   the row gathers alone, the bound on what any decode can gain;
 - `package` (with `--package`): keras_mpe's lookup, `keras_mpe.lookup.lookup_packed`
@@ -43,7 +46,8 @@ in id order. Variants (all timed, interleaved in one process, medians of `--repe
   was this option on the format-1 lookup of its day, `--format1`);
 - `float`: `tf.gather` of a float32 `[V, D]` variable.
 
-`--variants a,b` times only those (and `float`). `--mlp` appends to every variant
+`--variants a,b` times only those (and `float`). Ids: 26 per example, Zipf(1.2)
+ranked by frequency, or uniform over `[0, V)` with `--uniform`. `--mlp` appends to every variant
 the MLP of the end-to-end benchmark (26 fields, flatten, 256-128-1, random weights):
 an estimate of the end-to-end ratio without exporting. `--xla` compiles with
 `jit_compile=True` and times only `float`, `package`, `select` (every bit-width
@@ -292,6 +296,8 @@ def make_lookup(layout: dict, dim: int, variables: dict, decode, restore: str):
 
     def lookup(ids: tf.Tensor) -> tf.Tensor:
         flat = tf.cast(tf.reshape(ids, [-1]), tf.uint32)
+        if restore == "unique":  # each distinct id once; `index` maps the ids to them
+            flat, index = tf.unique(flat, out_idx=tf.int64)
         valid = flat < input_dim
         flat = tf.where(valid, flat, tf.zeros_like(flat))
         slot = tf.searchsorted(first_ids, flat, side="right", out_type=tf.int32) - 1
@@ -318,6 +324,8 @@ def make_lookup(layout: dict, dim: int, variables: dict, decode, restore: str):
             where = tf.cast(tf.concat(positions, axis=0), tf.int64)
             size = tf.size(where, tf.int64)
             order = tf.scatter_nd(where[:, None], tf.range(size), size[None])
+            if restore == "unique":
+                order = tf.gather(order, index)
             values = tf.gather(tf.concat(pieces, axis=0), order)
         return tf.reshape(values, tf.concat([tf.shape(ids), [dim]], axis=0))
 
@@ -395,6 +403,14 @@ def numpy_lookup(layout: dict, ids: np.ndarray, dim: int, order: str) -> np.ndar
     return out.reshape(ids.shape + (dim,))
 
 
+def draw_ids(rng: np.random.Generator, input_dim: int, shape: tuple, uniform: bool) -> np.ndarray:
+    """int32 ids, Zipf(1.2) ranked by frequency (id 0 the most frequent), or uniform
+    (`uniform=True`: almost no id repeats within a batch at these V)."""
+    if uniform:
+        return rng.integers(0, input_dim, shape).astype(np.int32)
+    return ((rng.zipf(1.2, shape) - 1) % input_dim).astype(np.int32)
+
+
 def with_mlp(lookup, rng: np.random.Generator, dim: int):
     weights = [
         tf.constant(rng.normal(scale=0.05, size=shape).astype(np.float32))
@@ -445,6 +461,7 @@ def main() -> None:
     parser.add_argument(
         "--variants", default=None, help="comma-separated variants to time (default: all)"
     )
+    parser.add_argument("--uniform", action="store_true", help="uniform ids, not Zipf")
     parser.add_argument("--mlp", action="store_true", help="append the MLP 256-128-1")
     parser.add_argument(
         "--xla", action="store_true", help="compile with XLA (float, package, select only)"
@@ -478,6 +495,7 @@ def main() -> None:
                 lookups["codebook16"] = make_lookup(
                     layout, dim, variables, decode_codebook16, "scatter"
                 )
+            lookups["unique"] = make_lookup(layout, dim, variables, decode_fields, "unique")
             lookups["floor"] = make_lookup(layout, dim, variables, decode_nothing, "scatter")
             if args.xla:  # only the forms XLA compiles (no dynamic shapes)
                 keep = ("float", "package")
@@ -488,7 +506,7 @@ def main() -> None:
                 keep = ["float", *args.variants.split(",")]
                 lookups = {name: lookups[name] for name in keep if name in lookups}
             check = np.array([[0, 1, input_dim - 1, -1, input_dim, 5, 77]], np.int32)
-            orders = dict.fromkeys(("stitch", "scatter", "codebook", "select"), "fields")
+            orders = dict.fromkeys(("stitch", "scatter", "unique", "codebook", "select"), "fields")
             orders.update(select_codebook="fields", blocks="blocks")
             orders.update(dict.fromkeys(("matmul", "codebook_natural", "codebook16"), "natural"))
             for name, order in orders.items():
@@ -507,8 +525,7 @@ def main() -> None:
             for batch in (int(b) for b in args.batches.split(",")):
                 shape = (batch, FIELDS)
                 inputs = [
-                    tf.constant(((rng.zipf(1.2, shape) - 1) % input_dim).astype(np.int32))
-                    for _ in range(4)
+                    tf.constant(draw_ids(rng, input_dim, shape, args.uniform)) for _ in range(4)
                 ]
                 times = {name: [] for name in functions}
                 for function in functions.values():
