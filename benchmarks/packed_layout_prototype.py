@@ -46,13 +46,15 @@ in id order. Variants (all timed, interleaved in one process, medians of `--repe
   was this option on the format-1 lookup of its day, `--format1`);
 - `float`: `tf.gather` of a float32 `[V, D]` variable.
 
-`--variants a,b` times only those (and `float`). Ids: 26 per example, Zipf(1.2)
-ranked by frequency, or uniform over `[0, V)` with `--uniform`. `--mlp` appends to every variant
-the MLP of the end-to-end benchmark (26 fields, flatten, 256-128-1, random weights):
-an estimate of the end-to-end ratio without exporting. `--xla` compiles with
-`jit_compile=True` and times only `float`, `package`, `select` (every bit-width
-gathered for every id, the id's own selected: XLA has no dynamic shapes) and
-`select_codebook` (`select` decoding as `codebook` does). Before timing, each checked
+`--variants a,b` times those (and `float`) in graph mode; the default is `stitch`,
+`scatter`, `tile`, `matmul` and `blocks`, and the others are `codebook`,
+`codebook_natural`, `codebook16`, `unique` and `floor`. Ids: 26 per example,
+Zipf(1.2) ranked by frequency, or uniform over `[0, V)` with `--uniform`. `--mlp`
+appends to every variant the MLP of the end-to-end benchmark (26 fields, flatten,
+256-128-1, random weights): an estimate of the end-to-end ratio without exporting.
+`--xla` compiles with `jit_compile=True` and times only `float`, `package`, `select`
+(every bit-width gathered for every id, the id's own selected: XLA has no dynamic
+shapes) and `select_codebook` (`select` decoding as `codebook` does). Before timing, each checked
 variant's output for a few ids (out-of-range ones too) is compared with a numpy
 decode of its layout.
 
@@ -459,7 +461,9 @@ def main() -> None:
         "--package", action="store_true", help="time keras_mpe's lookup (format 2) too"
     )
     parser.add_argument(
-        "--variants", default=None, help="comma-separated variants to time (default: all)"
+        "--variants",
+        default="stitch,scatter,tile,matmul,blocks",
+        help="comma-separated variants to time (graph mode)",
     )
     parser.add_argument("--uniform", action="store_true", help="uniform ids, not Zipf")
     parser.add_argument("--mlp", action="store_true", help="append the MLP 256-128-1")
@@ -497,14 +501,11 @@ def main() -> None:
                 )
             lookups["unique"] = make_lookup(layout, dim, variables, decode_fields, "unique")
             lookups["floor"] = make_lookup(layout, dim, variables, decode_nothing, "scatter")
+            keep = {"float", "package", *([] if args.xla else args.variants.split(","))}
+            lookups = {name: lookup for name, lookup in lookups.items() if name in keep}
             if args.xla:  # only the forms XLA compiles (no dynamic shapes)
-                keep = ("float", "package")
-                lookups = {name: lookups[name] for name in keep if name in lookups}
                 lookups["select"] = make_select_lookup(layout, dim, variables)
                 lookups["select_codebook"] = make_select_lookup(layout, dim, variables, True)
-            if args.variants:
-                keep = ["float", *args.variants.split(",")]
-                lookups = {name: lookups[name] for name in keep if name in lookups}
             check = np.array([[0, 1, input_dim - 1, -1, input_dim, 5, 77]], np.int32)
             orders = dict.fromkeys(("stitch", "scatter", "unique", "codebook", "select"), "fields")
             orders.update(select_codebook="fields", blocks="blocks")
