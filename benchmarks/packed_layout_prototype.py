@@ -26,25 +26,45 @@ in id order. Variants (all timed, interleaved in one process, medians of `--repe
 - `matmul`: natural order; one matmul spreads the bytes to `byte / 2**s` and
   `byte / 2**(s+p)`, a floor, a second matmul subtracts and joins the planes;
 - `blocks`: `matmul` per block of 8 values, rows stored as `D / 8` blocks of `b` bytes;
+- `codebook`: `stitch`'s layout (the package's format 2), each plane decoded by one
+  gather of whole bytes from a float32 `[256, 8 / p]` codebook that holds each byte's
+  fields at their place value, the centring `- 2**(b-1)` in the top plane and the step
+  folded in, then a transpose into value order; planes summed, `+ offset`;
+- `codebook_natural`: the same codebooks on the natural order (a layout change: value
+  `d` of a plane in byte `d * p // 8`, as `matmul` reads), no transpose;
+- `codebook16`: `codebook_natural` two bytes at a time (a uint16 `tf.bitcast` of each
+  pair indexes a `[65536, 16 / p]` codebook), half the gather indices (D a multiple
+  of 16);
+- `unique`: `scatter` on the distinct ids of the batch only (`tf.unique` first; the
+  put-back gather takes each id's distinct slot), so that the routing, row gathers
+  and decodes run once per distinct id;
+- `floor`: not a decode (the rows' first bytes broadcast to `[m, D]`): the routing and
+  the row gathers alone, the bound on what any decode can gain;
 - `package` (with `--package`): keras_mpe's lookup, `keras_mpe.lookup.lookup_packed`
   (format 2: this layout, `stitch`'s decode, `scatter`'s put-back; under XLA the
   `select` form), at the same bits per group (the results file's `format1` column
   was this option on the format-1 lookup of its day, `--format1`);
 - `float`: `tf.gather` of a float32 `[V, D]` variable.
 
-`--mlp` appends to every variant the MLP of the end-to-end benchmark (26 fields,
-flatten, 256-128-1, random weights): an estimate of the end-to-end ratio without
-exporting. `--xla` compiles with `jit_compile=True` and times only `float`, `package`
-and `select` (every bit-width gathered for every id, the id's own selected: XLA has
-no dynamic shapes). Before timing, each checked variant's output for a few ids
-(out-of-range ones too) is compared with a numpy decode of its layout.
+`--variants a,b` times those (and `float`) in graph mode; the default is `stitch`,
+`scatter`, `tile`, `matmul` and `blocks`, and the others are `codebook`,
+`codebook_natural`, `codebook16`, `unique` and `floor`. Ids: 26 per example,
+Zipf(1.2) ranked by frequency, or uniform over `[0, V)` with `--uniform`. `--mlp`
+appends to every variant the MLP of the end-to-end benchmark (26 fields, flatten,
+256-128-1, random weights): an estimate of the end-to-end ratio without exporting.
+`--xla` compiles with `jit_compile=True` and times only `float`, `package`, `select`
+(every bit-width gathered for every id, the id's own selected: XLA has no dynamic
+shapes) and `select_codebook` (`select` decoding as `codebook` does). Before timing, each checked
+variant's output for a few ids (out-of-range ones too) is compared with a numpy
+decode of its layout.
 
     python benchmarks/packed_layout_prototype.py --input_dims 1e5,1e6 --dims 16,32,64 \
         --batches 64,512,4096 --package
     python benchmarks/packed_layout_prototype.py --mlp
     python benchmarks/packed_layout_prototype.py --xla --package --dims 16,64
 
-Results: `benchmarks/results/serving-layout-prototype-2026-12-06.md`.
+Results: `benchmarks/results/serving-layout-prototype-2026-12-06.md`; the codebook
+variants: `benchmarks/results/serving-e2e-codebook-2026-12-06.md`.
 """
 
 import argparse
@@ -190,6 +210,84 @@ def decode_blocks(row_bytes: tf.Tensor, b: int, dim: int) -> tf.Tensor:
     return tf.reshape(codes, [-1, dim])
 
 
+def codebooks(b: int, step: float) -> list[np.ndarray]:
+    """Per bit plane of width `b` (high plane first), the float32 `[256, 8 / p]`
+    codebook of `decode_codebook`: entry `[byte, s]` is the field `s` of `byte`
+    (bits `[s p, (s + 1) p)`) at its place value, the top plane less `2**(b-1)`, times
+    `step`. Every entry and every sum of one entry per plane is an integer below 2**8
+    in magnitude times `step` (16 significant bits): exact."""
+    books, low_bits = [], b
+    for p in PLANES[b]:
+        low_bits -= p
+        shifts = np.arange(0, 8, p)
+        fields = (np.arange(256)[:, None] >> shifts) & (2**p - 1)
+        book = (fields << low_bits).astype(np.float64)
+        if low_bits + p == b:
+            book -= 2 ** (b - 1)
+        books.append((book * step).astype(np.float32))
+    return books
+
+
+def decode_codebook(row_bytes: tf.Tensor, b: int, dim: int, step: float) -> tf.Tensor:
+    """uint8 `[m, D * b / 8]` rows of width `b` (`decode_fields`' order) -> float32
+    `[m, D]` values less the offset, `(code - 2**(b-1)) * step`: per plane one gather
+    of whole bytes from its codebook (`codebooks`), `[m, n, 8 / p]` values, put in
+    value order (`s * n + j`) by a transpose; the planes summed."""
+    indices = tf.cast(row_bytes, tf.int64)
+    values, start = None, 0
+    for p, book in zip(PLANES[b], codebooks(b, step)):
+        width = dim * p // 8
+        plane = tf.gather(book, indices[:, start : start + width])
+        if p < 8:
+            plane = tf.reshape(tf.transpose(plane, [0, 2, 1]), [-1, dim])
+        else:
+            plane = tf.reshape(plane, [-1, dim])
+        values = plane if values is None else values + plane
+        start += width
+    return values
+
+
+def decode_codebook_natural(row_bytes: tf.Tensor, b: int, dim: int, step: float) -> tf.Tensor:
+    """`decode_codebook` on the natural order (value `d` of a plane in bits
+    `[d p % 8, ...)` of its byte `d p // 8`, as `decode_matmul` reads): the gathered
+    `[m, n, 8 / p]` values are in value order already, no transpose."""
+    indices = tf.cast(row_bytes, tf.int64)
+    values, start = None, 0
+    for p, book in zip(PLANES[b], codebooks(b, step)):
+        width = dim * p // 8
+        plane = tf.reshape(tf.gather(book, indices[:, start : start + width]), [-1, dim])
+        values = plane if values is None else values + plane
+        start += width
+    return values
+
+
+def decode_codebook16(row_bytes: tf.Tensor, b: int, dim: int, step: float) -> tf.Tensor:
+    """`decode_codebook_natural` two bytes at a time: each pair of a plane's bytes read
+    as one little-endian uint16 (`tf.bitcast`, no copy) indexes a `[65536, 16 / p]`
+    codebook (256 KB to 4 MB), half the gather indices. D a multiple of 16."""
+    values, start = None, 0
+    for p, book in zip(PLANES[b], codebooks(b, step)):
+        width = dim * p // 8
+        pairs = tf.reshape(row_bytes[:, start : start + width], [-1, width // 2, 2])
+        indices = tf.cast(tf.bitcast(pairs, tf.uint16), tf.int64)
+        pair_book = np.concatenate([np.tile(book, (256, 1)), np.repeat(book, 256, axis=0)], 1)
+        plane = tf.reshape(tf.gather(pair_book, indices), [-1, dim])
+        values = plane if values is None else values + plane
+        start += width
+    return values
+
+
+def decode_nothing(row_bytes: tf.Tensor, b: int, dim: int, step: float) -> tf.Tensor:
+    """Not a decode: the rows' first bytes as floats, broadcast to `[m, D]` (`floor`:
+    what the routing and the row gathers cost alone, the bound on any decode's gain)."""
+    return tf.broadcast_to(
+        tf.cast(row_bytes[:, :1], tf.float32), tf.stack([tf.shape(row_bytes)[0], dim])
+    )
+
+
+CODEBOOKS = (decode_codebook, decode_codebook_natural, decode_codebook16, decode_nothing)
+
+
 def make_lookup(layout: dict, dim: int, variables: dict, decode, restore: str):
     first_ids = tf.constant(layout["first_ids"])
     partition_table = tf.constant(layout["partition"])
@@ -200,6 +298,8 @@ def make_lookup(layout: dict, dim: int, variables: dict, decode, restore: str):
 
     def lookup(ids: tf.Tensor) -> tf.Tensor:
         flat = tf.cast(tf.reshape(ids, [-1]), tf.uint32)
+        if restore == "unique":  # each distinct id once; `index` maps the ids to them
+            flat, index = tf.unique(flat, out_idx=tf.int64)
         valid = flat < input_dim
         flat = tf.where(valid, flat, tf.zeros_like(flat))
         slot = tf.searchsorted(first_ids, flat, side="right", out_type=tf.int32) - 1
@@ -211,6 +311,9 @@ def make_lookup(layout: dict, dim: int, variables: dict, decode, restore: str):
         pieces = [tf.zeros([tf.size(positions[0]), dim])]
         for k, b in enumerate(widths, start=1):
             rows = tf.gather(variables[b], locals_[k])
+            if decode in CODEBOOKS:
+                pieces.append(decode(rows, b, dim, layout["steps"][b]) + offset)
+                continue
             if decode in (decode_matmul, decode_blocks):
                 codes = decode(rows, b, dim)
             else:
@@ -223,16 +326,19 @@ def make_lookup(layout: dict, dim: int, variables: dict, decode, restore: str):
             where = tf.cast(tf.concat(positions, axis=0), tf.int64)
             size = tf.size(where, tf.int64)
             order = tf.scatter_nd(where[:, None], tf.range(size), size[None])
+            if restore == "unique":
+                order = tf.gather(order, index)
             values = tf.gather(tf.concat(pieces, axis=0), order)
         return tf.reshape(values, tf.concat([tf.shape(ids), [dim]], axis=0))
 
     return lookup
 
 
-def make_select_lookup(layout: dict, dim: int, variables: dict):
+def make_select_lookup(layout: dict, dim: int, variables: dict, codebook: bool = False):
     """The form for XLA (no dynamic shapes): every bit-width's table is gathered for
-    every id (index 0 for ids of other widths), decoded as `decode_fields` does, and
-    the id's own width selected; XLA fuses the decode and the selects. Groups are found
+    every id (index 0 for ids of other widths), decoded as `decode_fields` does (or
+    `decode_codebook`, `codebook=True`), and the id's own width selected; XLA fuses
+    the decode and the selects. Groups are found
     by the package lookup's binary search (XLA lowers `searchsorted` to all-pairs
     comparisons)."""
     from keras_mpe import lookup as lookup_module
@@ -254,8 +360,11 @@ def make_select_lookup(layout: dict, dim: int, variables: dict):
         for k, b in enumerate(layout["widths"], start=1):
             mine = tf.equal(partition, k)
             rows = tf.gather(variables[b], tf.where(mine, local, 0))
-            codes = tf.cast(decode_row(rows, b, dim, decode_fields), tf.float32)
-            decoded = (codes - 2.0 ** (b - 1)) * layout["steps"][b] + offset
+            if codebook:
+                decoded = decode_codebook(rows, b, dim, layout["steps"][b]) + offset
+            else:
+                codes = tf.cast(decode_row(rows, b, dim, decode_fields), tf.float32)
+                decoded = (codes - 2.0 ** (b - 1)) * layout["steps"][b] + offset
             values = tf.where(mine[:, None], decoded, values)
         return tf.reshape(values, tf.concat([tf.shape(ids), [dim]], axis=0))
 
@@ -294,6 +403,14 @@ def numpy_lookup(layout: dict, ids: np.ndarray, dim: int, order: str) -> np.ndar
         centered = codes.astype(np.float32) - np.float32(2 ** (b - 1))
         out[i] = centered * layout["steps"][b] + layout["offset"]
     return out.reshape(ids.shape + (dim,))
+
+
+def draw_ids(rng: np.random.Generator, input_dim: int, shape: tuple, uniform: bool) -> np.ndarray:
+    """int32 ids, Zipf(1.2) ranked by frequency (id 0 the most frequent), or uniform
+    (`uniform=True`: almost no id repeats within a batch at these V)."""
+    if uniform:
+        return rng.integers(0, input_dim, shape).astype(np.int32)
+    return ((rng.zipf(1.2, shape) - 1) % input_dim).astype(np.int32)
 
 
 def with_mlp(lookup, rng: np.random.Generator, dim: int):
@@ -343,6 +460,12 @@ def main() -> None:
     parser.add_argument(
         "--package", action="store_true", help="time keras_mpe's lookup (format 2) too"
     )
+    parser.add_argument(
+        "--variants",
+        default="stitch,scatter,tile,matmul,blocks",
+        help="comma-separated variants to time (graph mode)",
+    )
+    parser.add_argument("--uniform", action="store_true", help="uniform ids, not Zipf")
     parser.add_argument("--mlp", action="store_true", help="append the MLP 256-128-1")
     parser.add_argument(
         "--xla", action="store_true", help="compile with XLA (float, package, select only)"
@@ -368,12 +491,25 @@ def main() -> None:
             lookups["tile"] = make_lookup(layout, dim, variables, decode_tile, "stitch")
             lookups["matmul"] = make_lookup(layout, dim, variables, decode_matmul, "stitch")
             lookups["blocks"] = make_lookup(layout, dim, variables, decode_blocks, "stitch")
+            lookups["codebook"] = make_lookup(layout, dim, variables, decode_codebook, "scatter")
+            lookups["codebook_natural"] = make_lookup(
+                layout, dim, variables, decode_codebook_natural, "scatter"
+            )
+            if dim % 16 == 0:  # whole pairs of bytes in every plane
+                lookups["codebook16"] = make_lookup(
+                    layout, dim, variables, decode_codebook16, "scatter"
+                )
+            lookups["unique"] = make_lookup(layout, dim, variables, decode_fields, "unique")
+            lookups["floor"] = make_lookup(layout, dim, variables, decode_nothing, "scatter")
+            keep = {"float", "package", *([] if args.xla else args.variants.split(","))}
+            lookups = {name: lookup for name, lookup in lookups.items() if name in keep}
             if args.xla:  # only the forms XLA compiles (no dynamic shapes)
-                lookups = {name: lookups[name] for name in ("float", "package") if name in lookups}
                 lookups["select"] = make_select_lookup(layout, dim, variables)
+                lookups["select_codebook"] = make_select_lookup(layout, dim, variables, True)
             check = np.array([[0, 1, input_dim - 1, -1, input_dim, 5, 77]], np.int32)
-            orders = {"stitch": "fields", "scatter": "fields", "matmul": "natural"}
-            orders.update(blocks="blocks", select="fields")
+            orders = dict.fromkeys(("stitch", "scatter", "unique", "codebook", "select"), "fields")
+            orders.update(select_codebook="fields", blocks="blocks")
+            orders.update(dict.fromkeys(("matmul", "codebook_natural", "codebook16"), "natural"))
             for name, order in orders.items():
                 if name not in lookups:
                     continue
@@ -390,8 +526,7 @@ def main() -> None:
             for batch in (int(b) for b in args.batches.split(",")):
                 shape = (batch, FIELDS)
                 inputs = [
-                    tf.constant(((rng.zipf(1.2, shape) - 1) % input_dim).astype(np.int32))
-                    for _ in range(4)
+                    tf.constant(draw_ids(rng, input_dim, shape, args.uniform)) for _ in range(4)
                 ]
                 times = {name: [] for name in functions}
                 for function in functions.values():

@@ -32,9 +32,15 @@ one line per (V, D, batch) and, with `--plot`, draws throughput against batch si
 
     python benchmarks/serving.py --end_to_end --input_dims 1e6 --dims 16 \
         --batches 64,512,4096 --repeats 30 --plot serving-e2e.png
+
+To compare two versions of keras_mpe in one process, run the older one with
+`--save_mpe DIR` (it keeps each MPE export, `DIR/V<V>_D<D>`), then the newer one with
+`--baseline DIR`: the saved exports of the same models (same seed) are timed beside,
+interleaved, as `baseline serving_default` and `baseline serving_xla`.
 """
 
 import argparse
+import shutil
 import tempfile
 import time
 
@@ -103,10 +109,18 @@ def mlp_model(embedding, fields: int):
     return keras.Model(inputs, keras.layers.Dense(1)(hidden))
 
 
-def end_to_end_signatures(table: np.ndarray, rng: np.random.Generator, fields: int, path: str):
+def end_to_end_signatures(
+    table: np.ndarray,
+    rng: np.random.Generator,
+    fields: int,
+    path: str,
+    save_mpe: str | None = None,
+    baseline: str | None = None,
+):
     """The float32 model's `serving_default` and the MPE model's `serving_default`
     and `serving_xla`, each a function of an int32 `[batch, fields]` batch, and the
-    packed table's memory report."""
+    packed table's memory report. `save_mpe`: a directory to copy the MPE export to;
+    `baseline`: a saved MPE export whose signatures are added."""
     input_dim, dim = table.shape
     layer = frozen_layer(table, rng, permuted=False)
     mpe = mlp_model(layer, fields)
@@ -118,8 +132,12 @@ def end_to_end_signatures(table: np.ndarray, rng: np.random.Generator, fields: i
     report = layer.memory_report()
     float_model.export(f"{path}/float32", verbose=False)
     keras_mpe.export_saved_model(mpe, f"{path}/mpe")
+    if save_mpe:
+        shutil.copytree(f"{path}/mpe", save_mpe, dirs_exist_ok=True)
     del layer, mpe, float_embedding, float_model
     loaded = {name: tf.saved_model.load(f"{path}/{name}") for name in ("float32", "mpe")}
+    if baseline:
+        loaded["baseline"] = tf.saved_model.load(baseline)
 
     def call(model, signature):
         function = loaded[model].signatures[signature]
@@ -130,6 +148,9 @@ def end_to_end_signatures(table: np.ndarray, rng: np.random.Generator, fields: i
         "mpe serving_default": call("mpe", "serving_default"),
         "mpe serving_xla": call("mpe", "serving_xla"),
     }
+    if baseline:
+        for signature in ("serving_default", "serving_xla"):
+            functions[f"baseline {signature}"] = call("baseline", signature)
     return functions, report
 
 
@@ -146,17 +167,27 @@ def end_to_end(args: argparse.Namespace) -> None:
         for dim in (int(d) for d in args.dims.split(",")):
             rng = np.random.default_rng(0)
             table = rng.normal(scale=0.003, size=(input_dim, dim)).astype(np.float32)
+            case = f"V{input_dim}_D{dim}"
             with tempfile.TemporaryDirectory() as path:
-                functions, report = end_to_end_signatures(table, rng, args.fields, path)
+                functions, report = end_to_end_signatures(
+                    table,
+                    rng,
+                    args.fields,
+                    path,
+                    save_mpe=args.save_mpe and f"{args.save_mpe}/{case}",
+                    baseline=args.baseline and f"{args.baseline}/{case}",
+                )
                 del table
                 print(
                     f"\nV={input_dim:.0e} D={dim}: packed {report['average_bits']:.2f} average "
                     f"bits, {report['compression_ratio']:.1f}x smaller than float32"
                 )
+                others = [name for name in functions if name != "float32"]
                 print(
                     f"  {'batch':>6s}"
                     + "".join(f"{name:>22s}" for name in functions)
-                    + "   default/float32   xla/float32"
+                    + "   ratio to float32: "
+                    + ", ".join(others)
                 )
                 for batch in batches:
                     inputs = [
@@ -170,14 +201,12 @@ def end_to_end(args: argparse.Namespace) -> None:
                         for name, function in functions.items():
                             times[name] += timed(function, inputs, 1)
                     ms = {name: 1e3 * float(np.median(values)) for name, values in times.items()}
-                    ratios = [
-                        ms["float32"] / ms[f"mpe {s}"] for s in ("serving_default", "serving_xla")
-                    ]
-                    rows.append((input_dim, dim, batch, ms, ratios))
+                    rows.append((input_dim, dim, batch, ms))
                     print(
                         f"  {batch:6d}"
                         + "".join(f"{ms[name]:20.3f}ms" for name in functions)
-                        + f"   {ratios[0]:15.2f}x   {ratios[1]:10.2f}x"
+                        + "   "
+                        + "  ".join(f"{ms['float32'] / ms[name]:.2f}x" for name in others)
                     )
     if args.plot:
         plot_end_to_end(rows, args.fields, args.plot)
@@ -222,6 +251,10 @@ def main() -> None:
     parser.add_argument("--dims", default="16", help="--end_to_end: embedding dimensions")
     parser.add_argument("--batches", default="64,512,4096", help="--end_to_end: batch sizes")
     parser.add_argument("--plot", default=None, help="--end_to_end: a PNG path to draw")
+    parser.add_argument("--save_mpe", default=None, help="--end_to_end: keep MPE exports here")
+    parser.add_argument(
+        "--baseline", default=None, help="--end_to_end: time the MPE exports of --save_mpe DIR"
+    )
     args = parser.parse_args()
     if args.end_to_end:
         end_to_end(args)

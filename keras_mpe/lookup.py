@@ -1,11 +1,13 @@
 """Looking ids up in a packed table inside a TF graph (the layout: `keras_mpe.codec`).
 
-Per id: its row (the permutation, if any), its group (`tf.searchsorted` over the
-groups' first rows), its bit-width and its row of that width's table; then one gather
-of a whole row per id from its width's uint8 table, decoded by a shift and a mask by
-scalars per field, and dequantized as `(code - 2**(b-1)) * step + offset` in a
-multiply and an add (exact: the step sizes have 16 significant bits). Work per call
-grows with the ids, never with the table: the tables are only gathered from.
+Outside XLA the ids are first reduced to the distinct ones (`tf.unique`), so that
+what follows runs once per distinct id. Per id: its row (the permutation, if any),
+its group (`tf.searchsorted` over the groups' first rows), its bit-width and its row
+of that width's table; then one gather of a whole row per id from its width's uint8
+table, decoded by a shift and a mask by scalars per field, and dequantized as
+`(code - 2**(b-1)) * step + offset` in a multiply and an add (exact: the step sizes
+have 16 significant bits). Work per call grows with the ids, never with the table:
+the tables are only gathered from.
 
 Every tensor that grows with the batch or the table is uint8, uint32, int64, float32
 or bool, and the packed arrays are read through gathers from their variables:
@@ -154,10 +156,11 @@ def lookup_packed(
     `serving_xla`, a Keras model compiled with XLA), which has no dynamic shapes,
     the lookup gathers a row of every width's table for every id and keeps the id's
     own, and finds groups by a binary search (XLA lowers `tf.searchsorted` to
-    all-pairs comparisons); elsewhere it splits the ids by bit-width
-    (`tf.dynamic_partition`) and gathers each id's row once. Either way the values
-    are `(code - 2**(b-1)) * step_size_b + offset`, equal to the retrain-state
-    layer's outputs bit for bit.
+    all-pairs comparisons); elsewhere it looks each distinct id of the call up once
+    (`tf.unique`; a repeated id costs one more slot of the final gather), splitting
+    them by bit-width (`tf.dynamic_partition`) and gathering each one's row once.
+    Either way the values are `(code - 2**(b-1)) * step_size_b + offset`, equal to
+    the retrain-state layer's outputs bit for bit.
 
     Args:
         ids: integer ids, any shape. Ids outside `[0, input_dim)` give zero vectors.
@@ -214,6 +217,12 @@ def lookup_packed(
     rows, valid = tf.reshape(ids, [-1]), tf.reshape(valid, [-1])
     if not tables:  # every group pruned
         return tf.zeros(out_shape)
+    index = None
+    if not xla:  # each distinct id once; out-of-range ids share the key V
+        keys = tf.where(valid, rows, tf.constant(input_dim, tf.uint32))
+        keys, index = tf.unique(keys, out_idx=tf.int64)
+        valid = keys < input_dim
+        rows = tf.where(valid, keys, tf.zeros_like(keys))
     if "permutation" in arrays:
         permutation = _as_tensor_or_variable("permutation", arrays["permutation"], tf.uint32)
         width = codec.id_bits(input_dim)
@@ -227,8 +236,11 @@ def lookup_packed(
     slot = find_groups(group["first_rows"], rows, binary=xla)
     bits = tf.where(valid, tf.gather(group["group_bits"], slot), tf.constant(0, tf.uint32))
     local = rows + tf.gather(group["row_shift"], slot)  # modulo 2**32
-    look_up = _select_rows if xla else _partition_rows
-    return tf.reshape(look_up(tables, bits, local, offset, dim), out_shape)
+    if xla:
+        values = _select_rows(tables, bits, local, offset, dim)
+    else:
+        values = _partition_rows(tables, bits, local, offset, dim, index)
+    return tf.reshape(values, out_shape)
 
 
 def _dequantize(codes: tf.Tensor, bits: int, step: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
@@ -237,12 +249,18 @@ def _dequantize(codes: tf.Tensor, bits: int, step: tf.Tensor, offset: tf.Tensor)
 
 
 def _partition_rows(
-    tables: dict, bits: tf.Tensor, local: tf.Tensor, offset: tf.Tensor, dim: int
+    tables: dict,
+    bits: tf.Tensor,
+    local: tf.Tensor,
+    offset: tf.Tensor,
+    dim: int,
+    index: tf.Tensor,
 ) -> tf.Tensor:
-    """Graph mode: the ids split by bit-width, one row gather and decode per width,
-    the values put back in id order by a gather (its order from a `scatter_nd` of
-    the positions: int64 and float32 throughout, which a GPU keeps in device memory,
-    where it would keep `tf.dynamic_stitch`'s indices on the host)."""
+    """Graph mode, on the distinct ids: split by bit-width, one row gather and decode
+    per width, the values of every id (`index`: the position of its distinct id) put
+    back in id order by one gather (its order from a `scatter_nd` of the positions:
+    int64 and float32 throughout, which a GPU keeps in device memory, where it would
+    keep `tf.dynamic_stitch`'s indices on the host)."""
     count = checks.MAX_BITS + 1
     partition = tf.cast(bits, tf.int32)
     positions = tf.dynamic_partition(tf.range(tf.size(bits, tf.int64)), partition, count)
@@ -256,7 +274,7 @@ def _partition_rows(
     where = tf.concat(where, axis=0)
     size = tf.size(where, tf.int64)
     order = tf.scatter_nd(where[:, None], tf.range(size), size[None])
-    return tf.gather(tf.concat(pieces, axis=0), order)
+    return tf.gather(tf.concat(pieces, axis=0), tf.gather(order, index))
 
 
 def _select_rows(

@@ -133,14 +133,16 @@ def test_xla_lookup_from_variables_matches_eager(layout):
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_the_op_mix_follows_the_compiler(jit_compile):
-    """Traced for TensorFlow's kernels the lookup finds groups with one `searchsorted`
-    (UpperBound); traced under XLA with a binary search of gathers."""
+    """Traced for TensorFlow's kernels the lookup takes the distinct ids (Unique) and
+    finds groups with one `searchsorted` (UpperBound); traced under XLA, which has no
+    dynamic shapes, every id and a binary search of gathers."""
     table, steps, offset, candidates, groups, bits = _make_case([5, 6], [2, 4], 3, "ascending", 0)
     packed = codec.pack_table(table, steps, offset, candidates, groups, bits)
     function = tf.function(functools.partial(_lookup, packed), jit_compile=jit_compile)
     graph = function.get_concrete_function(tf.TensorSpec([None], tf.int32)).graph
     ops = {op.type for op in graph.get_operations()}
     assert ("UpperBound" in ops) is not jit_compile
+    assert ("Unique" in ops) is not jit_compile
     out = function(tf.constant([0, 7]))
     np.testing.assert_array_equal(out.numpy(), _lookup(packed, [0, 7]).numpy())
 
@@ -156,6 +158,22 @@ def test_out_of_range_ids_give_zeros(dtype, layout, jit_compile):
     out = lookup(tf.constant([[0] + bad], dtype)).numpy()
     assert out.shape == (1, len(bad) + 1, 3)
     assert np.any(out[0, 0]) and not np.any(out[0, 1:])
+
+
+@pytest.mark.parametrize("layout", ["ascending", "shuffled"])
+def test_repeated_ids_each_get_their_own_row(layout):
+    """The graph lookup decodes each distinct id once: every repeat of an id, in any
+    position, gets that id's values, and out-of-range ids of any value (they share
+    one key) give zeros beside id 0."""
+    table, steps, offset, candidates, groups, bits = _make_case([5, 6], [2, 4], 3, layout, 2)
+    packed = codec.pack_table(table, steps, offset, candidates, groups, bits)
+    ids = np.array([[7, 0, 7, -1], [11, 0, 3, 7], [3, 3, -5, 0]], np.int32)
+    out = tf.function(functools.partial(_lookup, packed))(tf.constant(ids)).numpy()
+    valid = (ids >= 0) & (ids < 11)
+    expected = np.zeros(ids.shape + (3,), np.float32)
+    expected[valid] = _expected(table, steps, offset, candidates, groups, bits, ids[valid])
+    np.testing.assert_array_equal(out, expected)
+    assert np.all(np.any(out[valid], axis=-1))
 
 
 @pytest.mark.parametrize("dtype", [tf.uint8, tf.int16, tf.uint32, tf.uint64])
