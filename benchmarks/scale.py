@@ -405,12 +405,14 @@ def main() -> None:
             child_arguments(args, phase, bits), args.min_available_gib
         )
         lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-        if watched["killed"]:
-            results[phase] = {**watched, "process_s": time.perf_counter() - begin}
+        if watched["killed"] or returncode != 0 or not lines:
+            errors = [line for line in stderr.splitlines() if "Error" in line or "OOM" in line]
+            results[phase] = {
+                **watched,
+                "process_s": time.perf_counter() - begin,
+                "error": errors[-1] if errors else f"exit code {returncode}",
+            }
             continue
-        if returncode != 0 or not lines:
-            sys.stderr.write(stdout[-3000:] + stderr[-5000:])
-            raise SystemExit(f"phase {phase} failed with exit code {returncode}")
         results[phase] = json.loads(lines[-1][len("RESULT ") :])
         results[phase]["process_s"] = time.perf_counter() - begin
         bits = results[phase].get("bits", bits)
@@ -430,12 +432,16 @@ def main() -> None:
     )
     base = results.get("embedding", {}).get("step_s")
     for phase, r in results.items():
-        if r.get("killed"):
+        if "error" in r:
+            how = (
+                f"killed {r['killed_at_s']:.0f} s in, when the system's available memory "
+                f"fell below {args.min_available_gib} GiB"
+                if r["killed"]
+                else f"failed: {r['error'][:300]}"
+            )
             print(
-                f"  {phase:10s} {r['process_s']:9.1f}  killed {r['killed_at_s']:.0f} s in, when "
-                f"the system's available memory fell below {args.min_available_gib} GiB; its "
-                f"RSS had reached {r['max_rss_bytes'] / 2**20:,.0f} MiB "
-                f"({r['max_rss_bytes'] / table:.2f}x table)"
+                f"  {phase:10s} {r['process_s']:9.1f}  {how}; its RSS had reached "
+                f"{r['max_rss_bytes'] / 2**20:,.0f} MiB ({r['max_rss_bytes'] / table:.2f}x table)"
             )
             continue
         notes = ""

@@ -345,7 +345,7 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         large table is never copied whole: `(rows float32 [n, D], their groups int64
         [n], their weights float64 [n])`, a row's weight its frequency, or 1 for
         every row while no frequencies are known."""
-        weighted = bool(tf.reduce_any(tf.convert_to_tensor(self.frequencies) > 0))
+        weighted = any(counts.any() for _, counts in table_files.read_chunks(self.frequencies))
         for start, rows in table_files.read_chunks(self.embeddings):
             index = tf.range(start, start + len(rows), dtype=tf.int64)
             weights = (
@@ -916,7 +916,6 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         3000
         """
         self._build_if_needed()
-        id_to_group = self.id_to_group.numpy()
         if group_bits is not None:
             bits = checks.float_array("group_bits", group_bits, (self.groups,), "one per group")
             if bits.min() < 0 or bits.max() > max(self.bit_widths):
@@ -928,13 +927,27 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             bits = self.group_bits.numpy()
         else:
             bits = self.expected_bits()
+        rows_per_group, contiguous = self._group_layout()
         return precision.memory_report(
-            rows_per_group=np.bincount(id_to_group, minlength=self.groups),
+            rows_per_group=rows_per_group,
             group_bits=bits,
             output_dim=self.output_dim,
             num_step_sizes=len(self._nonzero_bit_widths),
-            needs_permutation=not grouping.groups_are_contiguous(id_to_group),
+            needs_permutation=not contiguous,
         )
+
+    def _group_layout(self) -> tuple[np.ndarray, bool]:
+        """The rows of each group, and whether every group is one contiguous range of
+        ids (`grouping.groups_are_contiguous`), from `id_to_group` read a chunk at a
+        time."""
+        rows = np.zeros(self.groups, np.int64)
+        changes, last = 0, None
+        for _, groups in table_files.read_chunks(self.id_to_group):
+            rows += np.bincount(groups, minlength=self.groups)
+            changes += int(np.count_nonzero(groups[1:] != groups[:-1]))
+            changes += int(last is not None and groups[0] != last)
+            last = groups[-1]
+        return rows, changes == np.count_nonzero(rows) - 1
 
     # ----------------------------------------------------------------- packing
     def packed_table(self) -> codec.PackedTable:

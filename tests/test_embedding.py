@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from reference import mixture, quantize, softmax
 
-from keras_mpe import MixedPrecisionEmbedding
+from keras_mpe import MixedPrecisionEmbedding, grouping, table_files
 from keras_mpe.backend import keras
 
 BITS = (0, 1, 2, 3, 4, 5, 6)
@@ -851,3 +851,21 @@ def test_search_state_round_trips_and_the_search_knobs_are_checked():
         layer.set_temperature(0.0)
     with pytest.raises(ValueError, match="bit_penalty"):
         layer.set_bit_penalty(-1.0)
+
+
+@pytest.mark.parametrize(
+    "id_to_group",
+    [
+        [0, 0, 0, 1, 1, 1, 2, 2, 3],  # contiguous, a change at a chunk's edge
+        [0, 0, 0, 1, 1, 1, 0, 2, 3],  # group 0 comes back in the next chunk
+        [3, 3, 3, 3, 3, 3, 2, 1, 0],  # a group over two chunks
+        [1, 1, 1, 1, 1, 1, 1, 1, 1],  # one group has every id
+    ],
+)
+def test_group_layout_read_in_chunks_matches_the_whole_array(monkeypatch, id_to_group):
+    monkeypatch.setattr(table_files, "CHUNK_BYTES", 24)  # 3 int64 ids per chunk
+    layer = _layer(9, 2, num_groups=4)
+    layer.id_to_group.assign(np.array(id_to_group, np.int64))
+    rows, contiguous = layer._group_layout()
+    np.testing.assert_array_equal(rows, np.bincount(id_to_group, minlength=4))
+    assert contiguous == grouping.groups_are_contiguous(np.array(id_to_group))

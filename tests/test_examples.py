@@ -258,3 +258,17 @@ def test_scale_benchmark_runs_at_a_toy_size(optimizer):
             rf"^  export .* {rss} +- +- +export adds [\d,]+ MiB = {NUMBER}x table",
         ],
     )
+
+
+def test_scale_benchmark_reports_a_phase_the_watchdog_kills():
+    # no machine has 1,000 TiB available: the watchdog kills the phase at once
+    arguments = ["--input_dim", "2000", "--phases", "retrain", "--min_available_gib", "1e6"]
+    output = _run([str(BENCHMARKS / "scale.py"), *arguments], legacy_keras=not IS_KERAS_3)
+    _assert_lines(
+        output,
+        [
+            r"^scale, \?",
+            r"^  retrain +[\d.]+ +killed \d+ s in, when the system's available memory fell "
+            r"below 1000000\.0 GiB; its RSS had reached [\d,]+ MiB",
+        ],
+    )
