@@ -406,7 +406,9 @@ def main() -> None:
         )
         lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
         if watched["killed"] or returncode != 0 or not lines:
-            errors = [line for line in stderr.splitlines() if "Error" in line or "OOM" in line]
+            errors = [
+                line for line in stderr.splitlines() if line.startswith("OOM") or "Error:" in line
+            ]
             results[phase] = {
                 **watched,
                 "process_s": time.perf_counter() - begin,
