@@ -38,8 +38,9 @@ Methods (each for every seed, all with the same model and the same total epochs)
 Each run is read at its best validation-AUC epoch (for two-phase methods, in the second
 phase). Each also reports the size of its SavedModel (`keras_mpe.export_saved_model`
 for MixedPrecisionEmbedding models, Keras's `model.export` for the others). Prints a
-table and writes `benchmarks/results/compression-<data>.md` (or `--results-name`) and a
-PNG of test AUC minus the fair float32 baseline against compression.
+table (each row's test AUC per seed too) and writes `benchmarks/results/compression-<data>.md`
+(or `--results-name`) and a PNG of test AUC minus a float32 baseline against compression
+(`fp32-fair` when it was run, else `fp32-rewind-mpe-init`).
 
     python benchmarks/compression.py --data synthetic --seeds 1 --epochs 2 --only mpe-target-8
     python benchmarks/compression.py --data instacart --only fp32-rewind-mpe-init,paper-1e-4
@@ -612,6 +613,7 @@ def main() -> None:
             "auc_std": auc.std(),
             "loss": loss.mean(),
             "loss_std": loss.std(),
+            "seed_aucs": auc.tolist(),
             **{
                 k: np.mean([r[k] for r in results])
                 for k in ("bits", "ratio", "payload_ratio", "bytes", "saved_bytes", "signal_kept")
@@ -623,7 +625,7 @@ def main() -> None:
             f"logloss {row['loss']:.4f}±{row['loss_std']:.4f} bits {row['bits']:.2f} "
             f"{row['ratio']:.1f}x ({row['payload_ratio']:.1f}x payload) "
             f"{row['bytes']:,.0f} B, SavedModel {row['saved_bytes']:,.0f} B, "
-            f"signal kept {row['signal_kept']:.3f}  "
+            f"signal kept {row['signal_kept']:.3f}, per seed {seed_cell(row)}  "
             f"[{time.time() - start:.0f}s]",
             flush=True,
         )
@@ -655,6 +657,7 @@ def read_results(path: str) -> tuple[list[str], list[dict]]:
         (auc, auc_std), (loss, loss_std) = (map(float, c.split("±")) for c in cells[1:3])
         saved = cells[7].replace(",", "") if len(cells) > 7 else "nan"
         kept = cells[8] if len(cells) > 8 else "n/a"
+        seeds = cells[9] if len(cells) > 9 else "n/a"
         rows.append(
             {
                 "method": cells[0],
@@ -665,6 +668,7 @@ def read_results(path: str) -> tuple[list[str], list[dict]]:
                 "bytes": float(cells[6].replace(",", "")),
                 "saved_bytes": float("nan" if saved == "n/a" else saved),
                 "signal_kept": float("nan" if kept == "n/a" else kept),
+                "seed_aucs": [] if seeds == "n/a" else [float(a) for a in seeds.split(", ")],
             }
         )
     return runs, rows
@@ -672,6 +676,11 @@ def read_results(path: str) -> tuple[list[str], list[dict]]:
 
 def cell(value: float, form: str) -> str:
     return "n/a" if np.isnan(value) else format(value, form)
+
+
+def seed_cell(row: dict) -> str:
+    """A row's test AUC per seed, in seed order (`n/a` for rows of older files)."""
+    return ", ".join(f"{auc:.4f}" for auc in row.get("seed_aucs", [])) or "n/a"
 
 
 def write_results(rows, name: str, data: str, runs: list[str], description: str) -> None:
@@ -683,21 +692,24 @@ def write_results(rows, name: str, data: str, runs: list[str], description: str)
         *[f"- {run}" if len(runs) > 1 else run for run in runs],
         "",
         "| method | test AUC | test logloss | avg bits | compression (with overhead) "
-        "| compression (payload) | table bytes | SavedModel bytes | signal kept |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| compression (payload) | table bytes | SavedModel bytes | signal kept "
+        "| test AUC per seed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['auc']:.4f} ± {r['auc_std']:.4f} | {r['loss']:.4f} ± "
             f"{r['loss_std']:.4f} | {r['bits']:.2f} | {r['ratio']:.1f}x | "
             f"{r['payload_ratio']:.1f}x | {r['bytes']:,.0f} | {cell(r['saved_bytes'], ',.0f')} | "
-            f"{cell(r.get('signal_kept', np.nan), '.3f')} |"
+            f"{cell(r.get('signal_kept', np.nan), '.3f')} | {seed_cell(r)} |"
         )
     path = os.path.join(RESULTS, f"{name}.md")
     with open(path, "w") as file:
         file.write("\n".join(lines) + "\n")
     print(f"wrote {path}")
-    plot_curves(rows, os.path.join(RESULTS, f"{name}.png"), description)
+    methods = {r["method"] for r in rows}
+    baseline = "fp32-fair" if "fp32-fair" in methods else "fp32-rewind-mpe-init"
+    plot_curves(rows, os.path.join(RESULTS, f"{name}.png"), description, baseline)
 
 
 def curve_name(method: str) -> str:

@@ -81,7 +81,7 @@ def test_results_round_trip_and_picture(tmp_path, monkeypatch):
         {**row, "method": "fp32-rewind-mpe-init", "auc": 0.81, "auc_std": 0.001, "ratio": 1.0,
          "saved_bytes": 2e6, "signal_kept": np.nan},
         {**row, "method": "mpe-target-16", "auc": 0.809, "auc_std": 0.002, "ratio": 16.5,
-         "saved_bytes": 5e5, "signal_kept": 0.97},
+         "saved_bytes": 5e5, "signal_kept": 0.97, "seed_aucs": [0.8071, 0.8109]},
         {**row, "method": "mpe-target-32", "auc": 0.60, "auc_std": 0.1, "ratio": 33.0,
          "saved_bytes": np.nan, "signal_kept": 0.5},
     ]  # fmt: skip
@@ -90,4 +90,17 @@ def test_results_round_trip_and_picture(tmp_path, monkeypatch):
     assert runs == [] and [r["method"] for r in read] == [r["method"] for r in rows]
     assert read[1]["auc"] == 0.809 and read[1]["ratio"] == 16.5 and read[1]["signal_kept"] == 0.97
     assert np.isnan(read[0]["signal_kept"]) and np.isnan(read[2]["saved_bytes"])
+    assert read[1]["seed_aucs"] == [0.8071, 0.8109] and read[0]["seed_aucs"] == []
     assert (tmp_path / "part.png").stat().st_size > 0
+
+
+def test_the_picture_is_against_fp32_fair_when_it_was_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(compression, "RESULTS", str(tmp_path))
+    baselines = []
+    monkeypatch.setattr(compression, "plot_curves", lambda *args: baselines.append(args[3]))
+    row = {"auc": 0.8, "auc_std": 0.0, "loss": 0.5, "loss_std": 0.0, "bits": 32.0,
+           "ratio": 1.0, "payload_ratio": 1.0, "bytes": 1000.0, "saved_bytes": np.nan}  # fmt: skip
+    rewind = {**row, "method": "fp32-rewind-mpe-init"}
+    compression.write_results([rewind], "a", "toy", [], "toy data")
+    compression.write_results([rewind, {**row, "method": "fp32-fair"}], "b", "toy", [], "toy")
+    assert baselines == ["fp32-rewind-mpe-init", "fp32-fair"]
