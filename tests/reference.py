@@ -1,5 +1,7 @@
 """Numpy references of the LSQ+ quantizer, its gradients and the MPE mixture."""
 
+import re
+
 import numpy as np
 
 
@@ -40,3 +42,9 @@ def mixture(w, probabilities, alphas, beta, bit_widths):
     for k, bits in enumerate(bit_widths):
         out += probabilities[:, k : k + 1] * quantize(w, alphas[k], beta, bits)
     return out
+
+
+def hlo_types(hlo: str) -> set[str]:
+    """The element types of an HLO module's shapes (`s64` in `s64[8,3]`), not the
+    text of its metadata, whose source paths may hold any letters."""
+    return set(re.findall(r"\b([a-z]+\d*)\[", hlo))
