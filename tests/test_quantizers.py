@@ -149,3 +149,24 @@ def test_quantizers_compile_under_xla():
     out, grads = step(w, tf.fill([8, 3], 1 / 3), tf.constant([1.0, 0.5, 0.1]), tf.zeros([3]))
     assert out.shape == (8, 3) and grads[0].shape == (8, 3) and grads[1].shape == (3,)
     assert np.isfinite(grads[1].numpy()).all() and grads[1].numpy()[0] == 0.0
+
+
+@pytest.mark.parametrize("jit_compile", [None, False, True])  # eager, graph, XLA
+def test_small_table_gather_sums_the_gradient_of_each_entry(jit_compile):
+    table = tf.constant([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    indices = tf.constant([[2, 0], [2, 2]])
+    dy = tf.constant([[[1.0, 10.0], [2.0, 20.0]], [[3.0, 30.0], [4.0, 40.0]]])
+
+    def run(table):
+        with tf.GradientTape() as tape:
+            tape.watch(table)
+            out = quantizers.small_table_gather(table, indices)
+            loss = tf.reduce_sum(out * dy)
+        return out, tape.gradient(loss, table)
+
+    if jit_compile is not None:
+        run = tf.function(run, jit_compile=jit_compile)
+    out, gradient = run(table)
+    np.testing.assert_array_equal(out, tf.gather(table, indices))
+    # entry 0 once (dy [2, 20]), entry 1 never, entry 2 three times
+    np.testing.assert_array_equal(gradient, [[2.0, 20.0], [0.0, 0.0], [8.0, 80.0]])
