@@ -340,20 +340,25 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         return self.relative_offset * (self.offset_scale * self.quantizer_learning_rate_scale)
 
     # -------------------------------------------------------- quantizer range
+    def _frequencies_known(self) -> bool:
+        return any(counts.any() for _, counts in table_files.read_chunks(self.frequencies))
+
+    def _weights(self, index: tf.Tensor, weighted: bool) -> np.ndarray:
+        """The rows' weights in the range statistics: their frequencies, or 1 for every
+        row while no frequencies are known (`weighted`). float64 `[len(index)]`."""
+        if not weighted:
+            return np.ones(int(index.shape[0]))
+        return gather_rows(self.frequencies, index).numpy().astype(np.float64)
+
     def _row_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The table a chunk of rows at a time (`table_files.read_chunks`), so that a
         large table is never copied whole: `(rows float32 [n, D], their groups int64
-        [n], their weights float64 [n])`, a row's weight its frequency, or 1 for
-        every row while no frequencies are known."""
-        weighted = any(counts.any() for _, counts in table_files.read_chunks(self.frequencies))
+        [n], their weights float64 [n])`."""
+        weighted = self._frequencies_known()
         for start, rows in table_files.read_chunks(self.embeddings):
             index = tf.range(start, start + len(rows), dtype=tf.int64)
-            weights = (
-                gather_rows(self.frequencies, index).numpy().astype(np.float64)
-                if weighted
-                else np.ones(len(rows))
-            )
-            yield rows, gather_rows(self.id_to_group, index).numpy(), weights
+            groups = gather_rows(self.id_to_group, index).numpy()
+            yield rows, groups, self._weights(index, weighted)
 
     def group_lookups(self) -> np.ndarray:
         """Per group, the weight of its lookups: the sum of its rows' frequencies, or
@@ -376,7 +381,12 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         [1.0, 5.0]
         """
         self._build_if_needed()
-        return sum(self._per_group(groups, weights) for _, groups, weights in self._row_chunks())
+        weighted = self._frequencies_known()
+        lookups = np.zeros(self.groups)
+        for start, groups in table_files.read_chunks(self.id_to_group):  # not the table
+            index = tf.range(start, start + len(groups), dtype=tf.int64)
+            lookups += self._per_group(groups, self._weights(index, weighted))
+        return lookups
 
     def _per_group(self, id_to_group: np.ndarray, row_values: np.ndarray) -> np.ndarray:
         """Sums per-row values into their groups: float64 `[groups]`."""
@@ -470,13 +480,12 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
         self._build_if_needed()
         size = checks.positive_int("size", size)
         rng = np.random.default_rng(seed)
-        chunks = lambda: table_files.read_chunks(self.frequencies)  # noqa: E731
-        total = sum(float(counts.sum()) for _, counts in chunks())
+        total = sum(float(counts.sum()) for _, counts in table_files.read_chunks(self.frequencies))
         if total == 0:
             return np.sort(rng.integers(0, self.input_dim, size))
         targets = np.sort(rng.uniform(0.0, total, size))
         ids, passed, first = [], 0.0, 0
-        for start, counts in chunks():
+        for start, counts in table_files.read_chunks(self.frequencies):
             ends = passed + np.cumsum(counts, dtype=np.float64)
             last = start + len(counts) == self.input_dim
             stop = size if last else int(np.searchsorted(targets, ends[-1]))
@@ -927,7 +936,9 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             bits = self.group_bits.numpy()
         else:
             bits = self.expected_bits()
-        rows_per_group, contiguous = self._group_layout()
+        rows_per_group, contiguous = grouping.group_layout(
+            (groups for _, groups in table_files.read_chunks(self.id_to_group)), self.groups
+        )
         return precision.memory_report(
             rows_per_group=rows_per_group,
             group_bits=bits,
@@ -935,19 +946,6 @@ class MixedPrecisionEmbedding(EmbeddingShapes, keras.layers.Layer):
             num_step_sizes=len(self._nonzero_bit_widths),
             needs_permutation=not contiguous,
         )
-
-    def _group_layout(self) -> tuple[np.ndarray, bool]:
-        """The rows of each group, and whether every group is one contiguous range of
-        ids (`grouping.groups_are_contiguous`), from `id_to_group` read a chunk at a
-        time."""
-        rows = np.zeros(self.groups, np.int64)
-        changes, last = 0, None
-        for _, groups in table_files.read_chunks(self.id_to_group):
-            rows += np.bincount(groups, minlength=self.groups)
-            changes += int(np.count_nonzero(groups[1:] != groups[:-1]))
-            changes += int(last is not None and groups[0] != last)
-            last = groups[-1]
-        return rows, changes == np.count_nonzero(rows) - 1
 
     # ----------------------------------------------------------------- packing
     def packed_table(self) -> codec.PackedTable:

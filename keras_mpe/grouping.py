@@ -235,5 +235,26 @@ def groups_are_contiguous(id_to_group: np.ndarray) -> bool:
     >>> groups_are_contiguous(np.array([1, 0, 1, 0]))
     False
     """
-    changes = int(np.count_nonzero(np.diff(id_to_group)))
-    return changes == np.unique(id_to_group).size - 1
+    id_to_group = np.asarray(id_to_group)
+    return group_layout([id_to_group], int(id_to_group.max()) + 1)[1]
+
+
+def group_layout(chunks: Iterable[np.ndarray], num_groups: int) -> tuple[np.ndarray, bool]:
+    """The rows of each group and whether every group is one contiguous range of ids
+    (`groups_are_contiguous`), from `id_to_group` given in consecutive chunks (e.g.
+    read from a variable a chunk at a time).
+
+    Example:
+
+    >>> rows, contiguous = group_layout([np.array([1, 1]), np.array([0, 0, 1])], 3)
+    >>> rows.tolist(), contiguous
+    ([2, 3, 0], False)
+    """
+    rows = np.zeros(num_groups, np.int64)
+    changes, last = 0, None
+    for groups in chunks:
+        rows += np.bincount(groups, minlength=num_groups)
+        changes += int(np.count_nonzero(groups[1:] != groups[:-1]))
+        changes += int(last is not None and groups[0] != last)
+        last = groups[-1]
+    return rows, bool(changes == np.count_nonzero(rows) - 1)

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from reference import mixture, quantize, softmax
 
-from keras_mpe import MixedPrecisionEmbedding, grouping, table_files
+from keras_mpe import MixedPrecisionEmbedding, grouping, precision, table_files
 from keras_mpe.backend import keras
 
 BITS = (0, 1, 2, 3, 4, 5, 6)
@@ -862,10 +862,16 @@ def test_search_state_round_trips_and_the_search_knobs_are_checked():
         [1, 1, 1, 1, 1, 1, 1, 1, 1],  # one group has every id
     ],
 )
-def test_group_layout_read_in_chunks_matches_the_whole_array(monkeypatch, id_to_group):
+def test_memory_report_reads_the_groups_in_chunks(monkeypatch, id_to_group):
     monkeypatch.setattr(table_files, "CHUNK_BYTES", 24)  # 3 int64 ids per chunk
-    layer = _layer(9, 2, num_groups=4)
+    layer = _layer(9, 2, num_groups=4, bit_widths=(0, 2, 4))
     layer.id_to_group.assign(np.array(id_to_group, np.int64))
-    rows, contiguous = layer._group_layout()
-    np.testing.assert_array_equal(rows, np.bincount(id_to_group, minlength=4))
-    assert contiguous == grouping.groups_are_contiguous(np.array(id_to_group))
+    bits = [2, 4, 0, 2]
+    expected = precision.memory_report(
+        rows_per_group=np.bincount(id_to_group, minlength=4),
+        group_bits=bits,
+        output_dim=2,
+        num_step_sizes=2,
+        needs_permutation=not grouping.groups_are_contiguous(np.array(id_to_group)),
+    )
+    np.testing.assert_equal(layer.memory_report(bits), expected)

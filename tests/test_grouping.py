@@ -108,6 +108,22 @@ def test_empty_groups_get_the_lightest_mass():
     np.testing.assert_allclose(masses, [1.0, 1.0, 9.0])
 
 
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [[0, 0, 0], [1, 1, 1], [2, 2, 3]],  # contiguous, a change at a chunk's edge
+        [[0, 0, 0], [1, 1, 1], [0, 2, 3]],  # group 0 comes back in the next chunk
+        [[3, 3, 3], [3, 3, 3], [2, 1, 0]],  # a group over two chunks
+        [[1, 1, 1], [1], [1, 1]],  # one group has every id
+    ],
+)
+def test_group_layout_in_chunks_matches_the_whole_array(chunks):
+    whole = np.concatenate(chunks)
+    rows, contiguous = grouping.group_layout([np.array(c) for c in chunks], 5)
+    np.testing.assert_array_equal(rows, np.bincount(whole, minlength=5))
+    assert contiguous == (np.count_nonzero(np.diff(whole)) == np.unique(whole).size - 1)
+
+
 def test_groups_are_contiguous():
     assert grouping.groups_are_contiguous(np.array([2, 2, 1, 0, 0]))
     assert not grouping.groups_are_contiguous(np.array([0, 1, 0]))
