@@ -40,6 +40,11 @@ in id order. Variants (all timed, interleaved in one process, medians of `--repe
   and decodes run once per distinct id;
 - `floor`: not a decode (the rows' first bytes broadcast to `[m, D]`): the routing and
   the row gathers alone, the bound on what any decode can gain;
+- `unique_floor`: `floor` on the distinct ids, as `unique` runs them: the package's
+  graph path without its decode;
+- `dedupe`: the distinct ids alone (`tf.unique`, a float per distinct id broadcast to
+  `[u, D]`, the put-back gather), no routing and no decode: the bound on any lookup
+  that decodes each distinct id once and puts the rows back;
 - `package` (with `--package`): keras_mpe's lookup, `keras_mpe.lookup.lookup_packed`
   (format 2: this layout, `stitch`'s decode, `scatter`'s put-back; under XLA the
   `select` form), at the same bits per group (the results file's `format1` column
@@ -48,10 +53,11 @@ in id order. Variants (all timed, interleaved in one process, medians of `--repe
 
 `--variants a,b` times those (and `float`) in graph mode; the default is `stitch`,
 `scatter`, `tile`, `matmul` and `blocks`, and the others are `codebook`,
-`codebook_natural`, `codebook16`, `unique` and `floor`. Ids: 26 per example,
-Zipf(1.2) ranked by frequency, or uniform over `[0, V)` with `--uniform`. `--mlp`
-appends to every variant the MLP of the end-to-end benchmark (26 fields, flatten,
-256-128-1, random weights): an estimate of the end-to-end ratio without exporting.
+`codebook_natural`, `codebook16`, `unique`, `floor`, `unique_floor` and `dedupe`.
+Ids: 26 per example, Zipf(1.2) ranked by frequency, or uniform over `[0, V)` with
+`--uniform`. `--mlp` appends to every variant the MLP of the end-to-end benchmark
+(26 fields, flatten, 256-128-1, random weights): an estimate of the end-to-end ratio
+without exporting.
 `--xla` compiles with `jit_compile=True` and times only `float`, `package`, `select`
 (every bit-width gathered for every id, the id's own selected: XLA has no dynamic
 shapes) and `select_codebook` (`select` decoding as `codebook` does). Before timing, each checked
@@ -334,6 +340,19 @@ def make_lookup(layout: dict, dim: int, variables: dict, decode, restore: str):
     return lookup
 
 
+def make_dedupe_lookup(dim: int):
+    """`dedupe`: each distinct id once and the put-back gather, nothing else."""
+
+    def lookup(ids: tf.Tensor) -> tf.Tensor:
+        distinct, index = tf.unique(tf.reshape(ids, [-1]), out_idx=tf.int64)
+        values = tf.broadcast_to(
+            tf.cast(distinct, tf.float32)[:, None], tf.stack([tf.size(distinct), dim])
+        )
+        return tf.reshape(tf.gather(values, index), tf.concat([tf.shape(ids), [dim]], axis=0))
+
+    return lookup
+
+
 def make_select_lookup(layout: dict, dim: int, variables: dict, codebook: bool = False):
     """The form for XLA (no dynamic shapes): every bit-width's table is gathered for
     every id (index 0 for ids of other widths), decoded as `decode_fields` does (or
@@ -501,6 +520,8 @@ def main() -> None:
                 )
             lookups["unique"] = make_lookup(layout, dim, variables, decode_fields, "unique")
             lookups["floor"] = make_lookup(layout, dim, variables, decode_nothing, "scatter")
+            lookups["unique_floor"] = make_lookup(layout, dim, variables, decode_nothing, "unique")
+            lookups["dedupe"] = make_dedupe_lookup(dim)
             keep = {"float", "package", *([] if args.xla else args.variants.split(","))}
             lookups = {name: lookup for name, lookup in lookups.items() if name in keep}
             if args.xla:  # only the forms XLA compiles (no dynamic shapes)
