@@ -231,6 +231,13 @@ def test_packed_layout_prototype_decodes_like_numpy_at_a_toy_size():
         )
     output = _run([script, *arguments, "--xla"], legacy_keras=not IS_KERAS_3)
     _assert_lines(output, [rf"^V=2e\+03 D=24 batch=8: float .* select {NUMBER} ms"])
+    # the stages of the lookup, timed apart (no decode: nothing to compare)
+    stages = ("unique_floor", "dedupe")
+    output = _run(
+        [script, *arguments, "--variants", ",".join(stages)], legacy_keras=not IS_KERAS_3
+    )
+    ratios = "".join(rf" +{name} {NUMBER} ms \({NUMBER}x\)" for name in stages)
+    _assert_lines(output, [rf"^V=2e\+03 D=8 batch=8: float {NUMBER} ms \(1\.00x\){ratios}$"])
 
 
 def test_gpu_serving_check_says_when_there_is_no_gpu():
