@@ -26,12 +26,16 @@ fields (one int32 `[batch, 26]` input) into one shared `V x D` table, flattened,
 then an MLP 256-128-1. The float32 model (`keras.layers.Embedding`) is exported with
 `model.export`; the MPE model (the same weights, its table frozen at the mix of 0..6
 bits above) with `keras_mpe.export_saved_model`. Both are loaded with
-`tf.saved_model.load` and called through their signatures (`serving_default`, and
-the MPE model's `serving_xla`), calls interleaved, medians of `--repeats`. It prints
-one line per (V, D, batch) and, with `--plot`, draws throughput against batch size.
+`tf.saved_model.load` (the time each load takes is printed: a table decoded at load
+is decoded then) and called through their signatures (`serving_default`, and the MPE
+model's `serving_xla`), calls interleaved, medians of `--repeats`. The MPE model is
+exported once per `--serving_tables` entry (`export_saved_model(...,
+serving_table=...)`; default `packed`). It prints one line per (V, D, batch) and, with
+`--plot`, draws throughput against batch size.
 
     python benchmarks/serving.py --end_to_end --input_dims 1e6 --dims 16 \
-        --batches 64,512,4096 --repeats 30 --plot serving-e2e.png
+        --batches 64,512,4096 --repeats 30 --serving_tables packed,int8,float32 \
+        --plot serving-e2e.png
 
 To compare two versions of keras_mpe in one process, run the older one with
 `--save_mpe DIR` (it keeps each MPE export, `DIR/V<V>_D<D>`), then the newer one with
@@ -116,10 +120,13 @@ def end_to_end_signatures(
     path: str,
     save_mpe: str | None = None,
     baseline: str | None = None,
+    serving_tables: tuple[str, ...] = ("packed",),
 ):
     """The float32 model's `serving_default` and the MPE model's `serving_default`
     and `serving_xla`, each a function of an int32 `[batch, fields]` batch, and the
-    packed table's memory report. `save_mpe`: a directory to copy the MPE export to;
+    packed table's memory report. One MPE export per entry of `serving_tables`
+    (`export_saved_model(..., serving_table=...)`), named `mpe` for `"packed"`, else
+    `mpe <serving_table>`. `save_mpe`: a directory to copy the packed MPE export to;
     `baseline`: a saved MPE export whose signatures are added."""
     input_dim, dim = table.shape
     layer = frozen_layer(table, rng, permuted=False)
@@ -131,11 +138,17 @@ def end_to_end_signatures(
         target.set_weights(source.get_weights())  # the same MLP
     report = layer.memory_report()
     float_model.export(f"{path}/float32", verbose=False)
-    keras_mpe.export_saved_model(mpe, f"{path}/mpe")
+    names = {table: "mpe" if table == "packed" else f"mpe {table}" for table in serving_tables}
+    for table, name in names.items():
+        keras_mpe.export_saved_model(mpe, f"{path}/{name}", serving_table=table)
     if save_mpe:
         shutil.copytree(f"{path}/mpe", save_mpe, dirs_exist_ok=True)
     del layer, mpe, float_embedding, float_model
-    loaded = {name: tf.saved_model.load(f"{path}/{name}") for name in ("float32", "mpe")}
+    loaded = {}
+    for name in ("float32", *names.values()):
+        start = time.perf_counter()
+        loaded[name] = tf.saved_model.load(f"{path}/{name}")
+        print(f"  {name}: loaded in {time.perf_counter() - start:.1f} s")
     if baseline:
         loaded["baseline"] = tf.saved_model.load(baseline)
 
@@ -143,11 +156,10 @@ def end_to_end_signatures(
         function = loaded[model].signatures[signature]
         return lambda ids: next(iter(function(ids=ids).values()))
 
-    functions = {
-        "float32": call("float32", "serving_default"),
-        "mpe serving_default": call("mpe", "serving_default"),
-        "mpe serving_xla": call("mpe", "serving_xla"),
-    }
+    functions = {"float32": call("float32", "serving_default")}
+    for name in names.values():
+        for signature in ("serving_default", "serving_xla"):
+            functions[f"{name} {signature}"] = call(name, signature)
     if baseline:
         for signature in ("serving_default", "serving_xla"):
             functions[f"baseline {signature}"] = call("baseline", signature)
@@ -176,6 +188,7 @@ def end_to_end(args: argparse.Namespace) -> None:
                     path,
                     save_mpe=args.save_mpe and f"{args.save_mpe}/{case}",
                     baseline=args.baseline and f"{args.baseline}/{case}",
+                    serving_tables=tuple(args.serving_tables.split(",")),
                 )
                 del table
                 print(
@@ -185,7 +198,7 @@ def end_to_end(args: argparse.Namespace) -> None:
                 others = [name for name in functions if name != "float32"]
                 print(
                     f"  {'batch':>6s}"
-                    + "".join(f"{name:>22s}" for name in functions)
+                    + "".join(f"  {name:>20s}" for name in functions)
                     + "   ratio to float32: "
                     + ", ".join(others)
                 )
@@ -251,6 +264,11 @@ def main() -> None:
     parser.add_argument("--dims", default="16", help="--end_to_end: embedding dimensions")
     parser.add_argument("--batches", default="64,512,4096", help="--end_to_end: batch sizes")
     parser.add_argument("--plot", default=None, help="--end_to_end: a PNG path to draw")
+    parser.add_argument(
+        "--serving_tables",
+        default="packed",
+        help="--end_to_end: the MPE exports' `serving_table`s, e.g. packed,int8,float32",
+    )
     parser.add_argument("--save_mpe", default=None, help="--end_to_end: keep MPE exports here")
     parser.add_argument(
         "--baseline", default=None, help="--end_to_end: time the MPE exports of --save_mpe DIR"

@@ -12,9 +12,9 @@ Subcommands:
   `keras_mpe.convert` of a trained model saved with `model.save` (`.keras` only,
   loaded in safe mode: other formats can run code stored in them) on the
   arrays of an `.npz` file (`y`, the labels, and the inputs: one array, or one per
-  named model input), exported with `keras_mpe.export_saved_model` to `OUT`; prints
-  each table's compression. Bad input prints one line, `keras-mpe convert: error:
-  ...`, and exits with code 1.
+  named model input), exported with `keras_mpe.export_saved_model` to `OUT`
+  (`--serving-table`: its `serving_table`); prints each table's compression. Bad
+  input prints one line, `keras-mpe convert: error: ...`, and exits with code 1.
 """
 
 import argparse
@@ -27,6 +27,7 @@ from typing import Any
 
 from keras_mpe import checks, codec
 from keras_mpe.inspection import inspect
+from keras_mpe.serving_table import SERVING_TABLES
 
 
 def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
@@ -40,7 +41,8 @@ def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
     ...           "average_bits": 1.5, "payload_bytes": 3000, "padding_bytes": 0,
     ...           "overhead_bytes": 128,
     ...           "total_bytes": 3128, "float32_bytes": 64000,
-    ...           "compression_ratio": 20.46, "payload_compression_ratio": 21.33}
+    ...           "compression_ratio": 20.46, "payload_compression_ratio": 21.33,
+    ...           "serving_table": "int8", "serving_bytes": 20657}
     >>> print(format_inspection({"items": report}))
     table 'items': 1000 ids x 16 dims, 4 groups, candidate bits 0, 2, 4
       bits  groups    rows
@@ -52,6 +54,7 @@ def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
       overhead            128 bytes (step sizes, offset, 3 uint32 per group)
       total              3128 bytes (float32 table: 64000 bytes)
       compression       20.46x with overhead, 21.33x payload only
+      serving           20657 bytes in memory once loaded (serving_table 'int8')
     """
     blocks = []
     for name, report in reports.items():
@@ -80,6 +83,8 @@ def format_inspection(reports: dict[str, dict[str, Any]]) -> str:
             f"(float32 table: {report['float32_bytes']} bytes)",
             f"  compression  {report['compression_ratio']:>10.2f}x with overhead, "
             f"{report['payload_compression_ratio']:.2f}x payload only",
+            f"  serving      {report['serving_bytes']:>10} bytes in memory once loaded "
+            f"(serving_table '{report['serving_table']}')",
         ]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
@@ -131,7 +136,9 @@ def _convert_command(args: argparse.Namespace) -> int:
             num_groups=args.num_groups,
             verbose=2 if args.epochs else 0,
         )
-        keras_mpe.export_saved_model(converted, args.out, overwrite=args.overwrite)
+        keras_mpe.export_saved_model(
+            converted, args.out, overwrite=args.overwrite, serving_table=args.serving_table
+        )
     except (OSError, ValueError, TypeError) as error:
         message = " ".join(str(error).split())  # one line
         print(f"keras-mpe convert: error: {message}", file=sys.stderr)
@@ -213,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert_parser.add_argument("--num-groups", type=int, default=128)
     convert_parser.add_argument(
         "--overwrite", action="store_true", help="replace OUT if it is not empty"
+    )
+    convert_parser.add_argument(
+        "--serving-table",
+        choices=SERVING_TABLES,
+        default="packed",
+        help="what serving looks ids up in: the packed table (least memory, default), or "
+        "the table decoded when the SavedModel loads, as int8 codes or float32 values "
+        "(less CPU per call; keras_mpe.serving_table)",
     )
     convert_parser.set_defaults(handler=_convert_command)
     return parser

@@ -14,6 +14,7 @@ from typing import Any
 import tensorflow as tf
 
 from keras_mpe import checks, metadata
+from keras_mpe import serving_table as serving_tables
 from keras_mpe.backend import ShardedVariable, flatten_layers, keras, tf_variable
 from keras_mpe.embedding import (
     RETRAIN,
@@ -25,7 +26,11 @@ from keras_mpe.packed_embedding import PackedEmbedding
 
 
 def export_saved_model(
-    model: Any, export_dir: str, overwrite: bool = False, input_signature: Any = None
+    model: Any,
+    export_dir: str,
+    overwrite: bool = False,
+    input_signature: Any = None,
+    serving_table: str = "packed",
 ) -> None:
     """Writes `model` as a SavedModel whose embedding tables are int-packed.
 
@@ -64,6 +69,13 @@ def export_saved_model(
             names, else by their dict keys. Defaults to the `inputs` of a functional
             or Sequential model; needed for a subclassed one, e.g.
             `{"user_id": tf.TensorSpec([None], tf.string)}`.
+        serving_table: what the serving functions look ids up in, trading serving
+            memory for CPU (`keras_mpe.serving_table`); the stored table is packed
+            either way. `"packed"`: each call decodes the rows it looks up (least
+            memory). `"int8"`: the SavedModel decodes the table into int8 codes when
+            it loads (plus `V * (D + 1)` bytes of memory per table). `"float32"`: into
+            float32 values when it loads (plus the float32 table's memory; each call
+            costs what the float32 model's does).
 
     Example:
 
@@ -83,6 +95,7 @@ def export_saved_model(
                 "(`PrecisionSearch`) or call `layer.freeze_precision()` first."
             )
     structure = _input_structure(model, input_signature)
+    serving_table = serving_tables.check(serving_table)
     target = checks.local_path("export_dir", export_dir)
     overwrite = checks.boolean("overwrite", overwrite)
     if os.path.exists(target):
@@ -97,7 +110,7 @@ def export_saved_model(
                 "replace it (once the new export is complete), or choose another directory."
             )
     with _written_in_place_of(target, overwrite) as staging:
-        _write_export(model, layers, structure, input_signature, staging)
+        _write_export(model, layers, structure, input_signature, serving_table, staging)
 
 
 _STAGING = re.compile(r"^\.(?P<name>.+)\.writing-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
@@ -204,13 +217,23 @@ def _write_export(
     layers: list[MixedPrecisionEmbedding],
     structure: Any,
     input_signature: Any,
+    serving_table: str,
     export_dir: str,
 ) -> None:
-    """Traces the serving functions through packed twins and writes the SavedModel
-    and its metadata into `export_dir`."""
+    """Traces the serving functions through packed twins (or the tables decoded from
+    them when the SavedModel loads) and writes the SavedModel and its metadata into
+    `export_dir`."""
     twins = [PackedEmbedding.from_layer(layer) for layer in layers]
-    lookups = [layer for layer in flatten_layers(model) if hasattr(layer, "lookup_table")]
     module = tf.Module()
+    if serving_table == "packed":
+        routes = _to_twins(layers, twins)
+    else:
+        module.decoded_tables = [serving_tables.DecodedTable(t, serving_table) for t in twins]
+        routes = [
+            (layer, lambda inputs, table=table, **_: table(inputs))
+            for layer, table in zip(layers, module.decoded_tables, strict=True)
+        ]
+    lookups = [layer for layer in flatten_layers(model) if hasattr(layer, "lookup_table")]
     # Vocabulary lookups (StringLookup, IntegerLookup) keep their tables in
     # resources that are not variables.
     module.lookup_tables = [layer.lookup_table for layer in lookups]
@@ -224,13 +247,15 @@ def _write_export(
         else _model_after_lookups(model, lookups, input_signature)
     )
     if xla_model is not None:
-        serve_xla = _serving_function(xla_model, xla_structure, jit_compile=True)
+        # checked on the packed lookup (a function of its own: it keeps its trace),
+        # since XLA reads the shapes of the decoded arrays from their values, which
+        # exist only once a SavedModel loads
         with calls_routed(_to_twins(layers, twins)):
-            compiles = _compiles(serve_xla)
+            compiles = _compiles(_serving_function(xla_model, xla_structure, jit_compile=True))
         if compiles:
-            module.serve_xla = serve_xla
+            module.serve_xla = _serving_function(xla_model, xla_structure, jit_compile=True)
             signatures["serving_xla"] = module.serve_xla
-    with calls_routed(_to_twins(layers, twins)):
+    with calls_routed(routes):
         read = _in_model_order(
             model, [v for f in signatures.values() for v in f.get_concrete_function().variables]
         )
@@ -250,7 +275,7 @@ def _write_export(
         parts = {id(part.handle) for variable in sharded for part in variable.variables}
         module.weights = [v for v in module.weights if id(v.handle) not in parts] + sharded
         tf.saved_model.save(module, export_dir, signatures=signatures)
-    metadata.write(export_dir, twins)
+    metadata.write(export_dir, twins, serving_table)
 
 
 def _serving_function(model: Any, structure: Any, jit_compile: bool = False) -> Any:

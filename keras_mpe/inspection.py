@@ -17,7 +17,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from keras_mpe import codec, precision
+from keras_mpe import codec, precision, serving_table
 from keras_mpe import metadata as metadata_file
 
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -48,7 +48,9 @@ def inspect(export_dir: str) -> dict[str, dict[str, Any]]:
         `keras_mpe.precision.memory_report`, `average_bits`, `payload_bytes`,
         `padding_bytes`, `overhead_bytes`, `total_bytes`, `float32_bytes`,
         `compression_ratio` (with overhead) and `payload_compression_ratio` (payload
-        only). Tables whose
+        only), `serving_table` (what serving looks ids up in:
+        `keras_mpe.serving_table`) and `serving_bytes` (what the table takes in
+        memory once loaded: `stored_bytes` plus what is decoded at load). Tables whose
         layers share a name (nested models may hold several `"embedding"` layers)
         are keyed `"<name> (tables/<index>)"` by their place in the SavedModel,
         so none hides another; a name used once is the key as it is.
@@ -107,7 +109,15 @@ def inspect(export_dir: str) -> dict[str, dict[str, Any]]:
         key = table["name"]
         if names.count(key) > 1:
             key = f"{key} ({'/'.join(table['object_path'])})"
-        reports[key] = _table_report(table, table_arrays)
+        report = _table_report(table, table_arrays)
+        report["serving_table"] = metadata.get("serving_table", "packed")
+        report["serving_bytes"] = report["stored_bytes"] + serving_table.decoded_bytes(
+            report["serving_table"],
+            report["input_dim"],
+            report["output_dim"],
+            sum(b > 0 for b in report["bit_widths"]),
+        )
+        reports[key] = report
     return reports
 
 

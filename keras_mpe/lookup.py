@@ -20,6 +20,7 @@ TPU needs.
 Nothing here imports Keras, so both Keras flavours share it.
 """
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -141,6 +142,77 @@ def _check_static(input_dim: Any, nonzero_bit_widths: Sequence[int]) -> tuple:
     return int(input_dim), tuple(int(b) for b in widths)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Arrays:
+    """The arrays of a packed table, checked against its static facts."""
+
+    input_dim: int
+    dim: int
+    group: dict[str, Any]  # the uint32 fields of `codec.GROUP_FIELDS`
+    step_sizes: tf.Tensor
+    offset: tf.Tensor
+    tables: dict[int, tuple[Any, tf.Tensor]]  # width -> (its rows, its step size); not empty
+    permutation: Any  # None when the row of an id is the id
+
+    @classmethod
+    def checked(
+        cls, arrays: Mapping[str, Any], input_dim: Any, nonzero_bit_widths: Sequence[int]
+    ) -> "_Arrays":
+        input_dim, widths = _check_static(input_dim, nonzero_bit_widths)
+        needed = [*map(codec.table_name, widths), *codec.GROUP_FIELDS, "step_sizes", "offset"]
+        missing = [name for name in needed if name not in arrays]
+        if missing:
+            raise ValueError(f"`arrays` lacks {missing}; a packed table of {widths} needs them.")
+        group = {
+            field: _as_tensor_or_variable(field, arrays[field], tf.uint32)
+            for field in codec.GROUP_FIELDS
+        }
+        step_sizes = tf.convert_to_tensor(
+            _as_tensor_or_variable("step_sizes", arrays["step_sizes"], tf.float32)
+        )
+        offset = tf.convert_to_tensor(
+            _as_tensor_or_variable("offset", arrays["offset"], tf.float32)
+        )
+        if _static_length("step_sizes", step_sizes) != len(widths):
+            raise ValueError(
+                f"`step_sizes` has {step_sizes.shape[0]} entries but `nonzero_bit_widths` "
+                f"{widths} has {len(widths)}; they must match."
+            )
+        dim = _static_length("offset", offset)
+        tables = {}
+        for k, b in enumerate(widths):
+            name = codec.table_name(b)
+            table = _as_tensor_or_variable(name, arrays[name], tf.uint8, rank=2)
+            if table.shape[1] != codec.row_bytes(b, dim):
+                raise ValueError(
+                    f"`{name}` must have rows of {codec.row_bytes(b, dim)} bytes ({dim} "
+                    f"values at {b} bits). Received shape {table.shape}."
+                )
+            if table.shape[0]:  # a width without rows is never looked up
+                tables[b] = (table, step_sizes[k])
+        permutation = None
+        if "permutation" in arrays:
+            permutation = _as_tensor_or_variable("permutation", arrays["permutation"], tf.uint32)
+        return cls(input_dim, dim, group, step_sizes, offset, tables, permutation)
+
+    def widths_and_rows(
+        self, rows: tf.Tensor, valid: tf.Tensor, xla: bool
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Per uint32 id: its bit-width (0 where not `valid`) and its row of that
+        width's table."""
+        if self.permutation is not None:
+            width = codec.id_bits(self.input_dim)
+            last = _static_length("permutation", self.permutation) - 1
+            word, shift = bit_position(rows, width)
+            lo = tf.gather(self.permutation, tf.cast(word, tf.int32))
+            hi = tf.gather(self.permutation, tf.cast(tf.minimum(word + 1, last), tf.int32))
+            rows = _extract(lo, hi, shift, tf.constant(2**width - 1, tf.uint32))
+        slot = find_groups(self.group["first_rows"], rows, binary=xla)
+        group_bits = tf.gather(self.group["group_bits"], slot)
+        bits = tf.where(valid, group_bits, tf.constant(0, tf.uint32))
+        return bits, rows + tf.gather(self.group["row_shift"], slot)  # modulo 2**32
+
+
 def lookup_packed(
     ids: Any,
     arrays: Mapping[str, Any],
@@ -181,66 +253,162 @@ def lookup_packed(
            [ 0.25],
            [ 0.  ]], dtype=float32)
     """
-    input_dim, widths = _check_static(input_dim, nonzero_bit_widths)
+    table = _Arrays.checked(arrays, input_dim, nonzero_bit_widths)
     xla = tf.__internal__.get_enclosing_xla_context() is not None
-    needed = [*map(codec.table_name, widths), *codec.GROUP_FIELDS, "step_sizes", "offset"]
-    missing = [name for name in needed if name not in arrays]
-    if missing:
-        raise ValueError(f"`arrays` lacks {missing}; a packed table of {widths} needs them.")
-    group = {
-        field: _as_tensor_or_variable(field, arrays[field], tf.uint32)
-        for field in codec.GROUP_FIELDS
-    }
-    step_sizes = tf.convert_to_tensor(
-        _as_tensor_or_variable("step_sizes", arrays["step_sizes"], tf.float32)
-    )
-    offset = tf.convert_to_tensor(_as_tensor_or_variable("offset", arrays["offset"], tf.float32))
-    if _static_length("step_sizes", step_sizes) != len(widths):
-        raise ValueError(
-            f"`step_sizes` has {step_sizes.shape[0]} entries but `nonzero_bit_widths` "
-            f"{widths} has {len(widths)}; they must match."
-        )
-    dim = _static_length("offset", offset)
-    tables = {}
-    for k, b in enumerate(widths):
-        name = codec.table_name(b)
-        table = _as_tensor_or_variable(name, arrays[name], tf.uint8, rank=2)
-        if table.shape[1] != codec.row_bytes(b, dim):
-            raise ValueError(
-                f"`{name}` must have rows of {codec.row_bytes(b, dim)} bytes ({dim} values "
-                f"at {b} bits). Received shape {table.shape}."
-            )
-        if table.shape[0]:  # a width without rows is never looked up
-            tables[b] = (table, step_sizes[k])
-    ids, valid = ids_in_range(ids, input_dim)
-    out_shape = tf.concat([tf.shape(ids), [dim]], axis=0)
+    ids, valid = ids_in_range(ids, table.input_dim)
+    out_shape = tf.concat([tf.shape(ids), [table.dim]], axis=0)
     rows, valid = tf.reshape(ids, [-1]), tf.reshape(valid, [-1])
-    if not tables:  # every group pruned
+    if not table.tables:  # every group pruned
         return tf.zeros(out_shape)
     index = None
     if not xla:  # each distinct id once; out-of-range ids share the key V
-        keys = tf.where(valid, rows, tf.constant(input_dim, tf.uint32))
+        keys = tf.where(valid, rows, tf.constant(table.input_dim, tf.uint32))
         keys, index = tf.unique(keys, out_idx=tf.int64)
-        valid = keys < input_dim
+        valid = keys < table.input_dim
         rows = tf.where(valid, keys, tf.zeros_like(keys))
-    if "permutation" in arrays:
-        permutation = _as_tensor_or_variable("permutation", arrays["permutation"], tf.uint32)
-        width = codec.id_bits(input_dim)
-        last = _static_length("permutation", permutation) - 1
-        word, shift = bit_position(rows, width)
-        lo = tf.gather(permutation, tf.cast(word, tf.int32))
-        hi = tf.gather(permutation, tf.cast(tf.minimum(word + 1, last), tf.int32))
-        rows = _extract(lo, hi, shift, tf.constant(2**width - 1, tf.uint32))
-
-    # per id: its group, its bit-width (0 for out-of-range ids), its row of its table
-    slot = find_groups(group["first_rows"], rows, binary=xla)
-    bits = tf.where(valid, tf.gather(group["group_bits"], slot), tf.constant(0, tf.uint32))
-    local = rows + tf.gather(group["row_shift"], slot)  # modulo 2**32
+    bits, local = table.widths_and_rows(rows, valid, xla)
     if xla:
-        values = _select_rows(tables, bits, local, offset, dim)
+        values = _select_rows(table.tables, bits, local, table.offset, table.dim)
     else:
-        values = _partition_rows(tables, bits, local, offset, dim, index)
+        values = _partition_rows(table.tables, bits, local, table.offset, table.dim, index)
     return tf.reshape(values, out_shape)
+
+
+def decoded_kinds(
+    ids: Any, arrays: Mapping[str, Any], *, input_dim: int, nonzero_bit_widths: Sequence[int]
+) -> tf.Tensor:
+    """The kind of each id's row, as a table decoded once keeps it (e.g. when a
+    SavedModel loads): uint8, per id `k + 1` where its group has the width
+    `nonzero_bit_widths[k]`, 0 where it has 0 bits or the id is out of range. See
+    `lookup_decoded`.
+
+    Example:
+
+    >>> packed = codec.pack_table(np.zeros((3, 1)), [0.25, 0.5], [0.0], (0, 2, 4),
+    ...                           [0, 1, 2], [0, 2, 4])
+    >>> decoded_kinds([0, 1, 2, 3], packed.arrays(), input_dim=3,
+    ...               nonzero_bit_widths=(2, 4)).numpy()
+    array([0, 1, 2, 0], dtype=uint8)
+    """
+    table = _Arrays.checked(arrays, input_dim, nonzero_bit_widths)
+    bits, _ = table.widths_and_rows(*ids_in_range(ids, table.input_dim), xla=False)
+    kind_of_width = np.zeros(checks.MAX_BITS + 1, np.uint8)
+    kind_of_width[list(nonzero_bit_widths)] = np.arange(1, len(nonzero_bit_widths) + 1)
+    return tf.gather(kind_of_width, tf.cast(bits, tf.int32))
+
+
+def decoded_codes(
+    ids: Any, arrays: Mapping[str, Any], *, input_dim: int, nonzero_bit_widths: Sequence[int]
+) -> tf.Tensor:
+    """The codes of each id's row, as a table decoded once keeps them (e.g. when a
+    SavedModel loads): int8 `[n, D]` for 1-D `ids`, the codes `q` of
+    `keras_mpe.quantizers` (`code - 2**(b-1)`), 0 for 0-bit groups and ids out of
+    range. See `lookup_decoded`.
+
+    Example:
+
+    >>> packed = codec.pack_table(np.array([[0.25], [-0.5]]), [0.25], [0.0], (2,),
+    ...                           [0, 0], [2])
+    >>> decoded_codes([0, 1, 2], packed.arrays(), input_dim=2,
+    ...               nonzero_bit_widths=(2,)).numpy()
+    array([[ 1],
+           [-2],
+           [ 0]], dtype=int8)
+    """
+    table = _Arrays.checked(arrays, input_dim, nonzero_bit_widths)
+    bits, local = table.widths_and_rows(*ids_in_range(ids, table.input_dim), xla=False)
+    partition = tf.cast(bits, tf.int32)
+    count = checks.MAX_BITS + 1
+    positions = tf.dynamic_partition(tf.range(tf.size(bits)), partition, count)
+    locals_ = tf.dynamic_partition(tf.cast(local, tf.int64), partition, count)
+    where = [positions[0]]
+    pieces = [tf.zeros(tf.stack([tf.size(positions[0]), table.dim]), tf.int8)]
+    for b, (rows, _) in table.tables.items():
+        codes = _decode_rows(tf.gather(rows, locals_[b]), b, table.dim)
+        # code - 2**(b-1) modulo 256, read as int8: the signed code
+        pieces.append(tf.bitcast(codes - np.uint8(2 ** (b - 1)), tf.int8))
+        where.append(positions[b])
+    return tf.dynamic_stitch(where, pieces)
+
+
+def dequantization_rows(step_sizes: Any, offset: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """float32 `[K + 1, D]` scale and offset rows of each kind (`decoded_kinds`): kind
+    0 zeros, kind `k + 1` the step size `step_sizes[k]` and `offset`."""
+    step_sizes = tf.convert_to_tensor(step_sizes, tf.float32)
+    offset = tf.convert_to_tensor(offset, tf.float32)
+    ones = tf.ones_like(offset)[None, :]
+    scales = tf.concat([[0.0], step_sizes], axis=0)[:, None] * ones
+    present = tf.concat([[0.0], tf.ones_like(step_sizes)], axis=0)[:, None]
+    return scales, present * offset[None, :]
+
+
+def dequantize_kinds(
+    codes: tf.Tensor, kinds: tf.Tensor, scale_rows: Any, offset_rows: Any
+) -> tf.Tensor:
+    """`code * step + offset` of rows of int8 `codes` `[n, D]` of uint8 `kinds`
+    `[n]` (`decoded_kinds`), by the rows of `dequantization_rows` (or anything with
+    a `gather(indices)` method, such as a `keras_mpe.serving_table.LoadTimeArray`):
+    the packed lookup's values bit for bit, in a multiply and an add of whole rows."""
+    kinds = tf.cast(kinds, tf.int64)
+    scales, offsets = _gather(scale_rows, kinds), _gather(offset_rows, kinds)
+    return tf.cast(codes, tf.float32) * scales + offsets
+
+
+def lookup_decoded(ids: Any, arrays: Mapping[str, Any], *, input_dim: int) -> tf.Tensor:
+    """Looks ids up in a table decoded once: one gather of whole rows per id, no
+    unique ids, no routing by width, no bit fields.
+
+    `arrays` is either `{"values": float32 [V + 1, D]}` or the int8 form
+    `{"codes": decoded_codes(...), "kinds": decoded_kinds(...), "scale_rows": ...,
+    "offset_rows": ...}` (`dequantization_rows`), each a tensor, a variable or
+    anything with a `gather(indices)` method; the last row is the zero row that
+    out-of-range ids look up.
+
+    Returns:
+        float32 `ids.shape + [D]`, equal to `lookup_packed` bit for bit.
+
+    Example:
+
+    >>> packed = codec.pack_table(np.array([[0.25], [-0.5]]), [0.25], [0.0], (2,),
+    ...                           [0, 0], [2])
+    >>> arrays, facts = packed.arrays(), dict(input_dim=2, nonzero_bit_widths=(2,))
+    >>> scales, offsets = dequantization_rows(arrays["step_sizes"], arrays["offset"])
+    >>> rows = [0, 1, 2]  # the ids, and the zero row
+    >>> decoded = {"codes": decoded_codes(rows, arrays, **facts),
+    ...            "kinds": decoded_kinds(rows, arrays, **facts),
+    ...            "scale_rows": scales, "offset_rows": offsets}
+    >>> lookup_decoded(tf.constant([1, 0, -1]), decoded, input_dim=2).numpy()
+    array([[-0.5 ],
+           [ 0.25],
+           [ 0.  ]], dtype=float32)
+    """
+    input_dim = _check_static(input_dim, ())[0]
+    ids = tf.convert_to_tensor(ids)
+    if not ids.dtype.is_integer:
+        raise TypeError(f"`ids` must be integers. Received ids of dtype {ids.dtype.name}.")
+    # the zero row V for ids out of range; a 32-bit id read as uint32 is out of
+    # range below 0 too
+    if ids.dtype.size <= 4:
+        ids = tf.cast(ids, tf.uint32)
+        rows = tf.where(ids < input_dim, ids, tf.constant(input_dim, tf.uint32))
+    else:
+        valid = ids < input_dim
+        if not ids.dtype.is_unsigned:
+            valid = tf.logical_and(valid, ids >= 0)
+        rows = tf.where(valid, ids, tf.constant(input_dim, ids.dtype))
+    rows = tf.reshape(tf.cast(rows, tf.int64), [-1])
+    if "values" in arrays:
+        values = _gather(arrays["values"], rows)
+    else:
+        codes, kinds = _gather(arrays["codes"], rows), _gather(arrays["kinds"], rows)
+        values = dequantize_kinds(codes, kinds, arrays["scale_rows"], arrays["offset_rows"])
+    return tf.reshape(values, tf.concat([tf.shape(ids), tf.shape(values)[1:]], axis=0))
+
+
+def _gather(array: Any, indices: tf.Tensor) -> tf.Tensor:
+    """Rows of a tensor or variable, or of anything with a `gather(indices)` method."""
+    gather = getattr(array, "gather", None)
+    return gather(indices) if gather is not None else tf.gather(array, indices)
 
 
 def _dequantize(codes: tf.Tensor, bits: int, step: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:

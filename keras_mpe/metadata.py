@@ -5,13 +5,15 @@ by `keras_mpe.export_saved_model` and read by `keras_mpe.inspect`.
 warmup requests from) holds the static facts of each packed table that its arrays
 do not carry, and where in the SavedModel's object graph its variables are:
 
-    {"format": 2, "tables": [{"name": ..., "object_path": ["tables", "0"],
-                              "input_dim": ..., "output_dim": ...,
-                              "bit_widths": [...]}, ...]}
+    {"format": 2, "serving_table": "packed",
+     "tables": [{"name": ..., "object_path": ["tables", "0"], "input_dim": ...,
+                 "output_dim": ..., "bit_widths": [...]}, ...]}
 
 `format` is the packed layout's version (`keras_mpe.codec.FORMAT`); `bit_widths` are
 the candidates (the step sizes belong to the non-zero ones); the per-group bits are
-the table's `group_bits` array.
+the table's `group_bits` array. `serving_table` is what the serving functions look
+ids up in (`keras_mpe.serving_table`); exports written before it existed lack it and
+serve from the packed table.
 """
 
 import json
@@ -22,14 +24,15 @@ from typing import Any, NoReturn
 import tensorflow as tf
 
 from keras_mpe import checks, codec
+from keras_mpe.serving_table import SERVING_TABLES
 
 FILE = os.path.join("assets.extra", "keras_mpe.json")
 TABLE_KEYS = ("name", "object_path", "input_dim", "output_dim", "bit_widths")
 
 
-def write(export_dir: str, tables: list[Any]) -> None:
+def write(export_dir: str, tables: list[Any], serving_table: str) -> None:
     """Writes the metadata of `tables` (`PackedEmbedding` layers, in the order of
-    their variables under `tables/<index>`)."""
+    their variables under `tables/<index>`), served from `serving_table`."""
     entries = [
         {
             "name": table.name,
@@ -43,7 +46,8 @@ def write(export_dir: str, tables: list[Any]) -> None:
     path = os.path.join(export_dir, FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as file:
-        json.dump({"format": codec.FORMAT, "tables": entries}, file, indent=1)
+        contents = {"format": codec.FORMAT, "serving_table": serving_table, "tables": entries}
+        json.dump(contents, file, indent=1)
 
 
 MAX_FILE_BYTES = 1 << 20  # an entry takes about 200 bytes: room for thousands of tables
@@ -95,6 +99,12 @@ def read(export_dir: str) -> dict[str, Any]:
             f"{path} describes packed tables of format {str(metadata.get('format'))[:50]}; "
             f"this keras_mpe reads format {codec.FORMAT} only. The SavedModel itself "
             "still loads and serves; export the model again to inspect it."
+        )
+    if metadata.get("serving_table", "packed") not in SERVING_TABLES:
+        _refuse(
+            path,
+            f"is wrong: 'serving_table' must be one of {list(SERVING_TABLES)}, not "
+            f"{json.dumps(metadata['serving_table'])[:50]}",
         )
     tables = metadata.get("tables")
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):

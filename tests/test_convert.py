@@ -439,10 +439,12 @@ def test_command_line_converts_a_saved_model(tmp_path, capsys):
     np.savez(tmp_path / "train.npz", ids=ids, y=y)
     out = tmp_path / "export"
     arguments = [model_path, str(tmp_path / "train.npz"), str(out), "--num-groups", "8"]
-    assert cli.main(["convert", *arguments, "--target-compression", "8"]) == 0
+    convert = ["convert", *arguments, "--target-compression", "8", "--serving-table", "int8"]
+    assert cli.main(convert) == 0
     assert "table 'table': 200 x 8, " in capsys.readouterr().out
     (report,) = keras_mpe.inspect(str(out)).values()
     assert 8 <= report["compression_ratio"] <= 8.8
+    assert report["serving_table"] == "int8"
 
     np.savez(tmp_path / "bad.npz", ids=ids)
     bad = [model_path, str(tmp_path / "bad.npz"), str(tmp_path / "other")]

@@ -203,6 +203,23 @@ def test_serving_benchmark_runs_at_a_toy_size():
     )
 
 
+def test_end_to_end_serving_benchmark_runs_every_serving_table_at_a_toy_size():
+    arguments = [
+        "--end_to_end",
+        *("--input_dims", "2000", "--dims", "8", "--batches", "8", "--fields", "4"),
+        *("--repeats", "1", "--serving_tables", "packed,int8,float32"),
+    ]
+    output = _run([str(BENCHMARKS / "serving.py"), *arguments], legacy_keras=not IS_KERAS_3)
+    _assert_lines(
+        output,
+        [
+            rf"^V=2e\+03 D=8: packed {NUMBER} average bits, {NUMBER}x smaller than float32",
+            r"^ +batch +float32 +mpe serving_default +mpe serving_xla +mpe int8 serving_default",
+            rf"^ +8(?: +{NUMBER}ms){{7}} +(?:{NUMBER}x +){{5}}{NUMBER}x$",
+        ],
+    )
+
+
 @tf_keras_only
 def test_tfrs_serving_benchmark_runs_at_a_toy_size():
     _require_movielens("100k")
@@ -212,7 +229,10 @@ def test_tfrs_serving_benchmark_runs_at_a_toy_size():
         output,
         [
             rf"^TFRS basic ranking, .*; tables {NUMBER}x smaller packed",
-            *[rf"^ +{batch} +{NUMBER}ms +{NUMBER}ms +{NUMBER}x$" for batch in (8, 16)],
+            *[
+                rf"^ +{batch}(?: +{NUMBER}ms){{4}} +{NUMBER}x {NUMBER}x {NUMBER}x$"
+                for batch in (8, 16)
+            ],
         ],
     )
 

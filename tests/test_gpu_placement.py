@@ -175,6 +175,27 @@ def test_serving_graphs_stay_in_device_memory(tmp_path, ordered):
         assert whole == ([] if name == "serving_xla" else [[layer.groups]]), name
 
 
+@pytest.mark.parametrize("serving_table", ["int8", "float32"])
+def test_serving_graphs_of_a_table_decoded_at_load_stay_in_device_memory(tmp_path, serving_table):
+    layer = _layer(ordered=False)
+    model = _model(layer)
+    layer.freeze_precision([0, 2, 3, 5, 3, 2])
+    export_dir = str(tmp_path / "export")
+    keras_mpe.export_saved_model(model, export_dir, serving_table=serving_table)
+    loaded = tf.saved_model.load(export_dir)
+    for name in ("serving_default", "serving_xla"):
+        graph = loaded.signatures[name].graph
+        assert host_memory_problems(graph) == [], name
+        ops = list(all_ops(graph))
+        gathered = {op.get_attr("dtype") for op in ops if op.type == "ResourceGather"}
+        assert gathered == {tf.float32} | (
+            {tf.int8, tf.uint8} if serving_table == "int8" else set()
+        )
+        # the packed arrays (uint8, uint32) are not read: only the decoded ones
+        reads = {op.get_attr("dtype") for op in ops if op.type == "ReadVariableOp"}
+        assert reads == {tf.float32}, name  # the dense layers' weights
+
+
 @pytest.mark.parametrize("state", ["search", "retrain"])
 def test_train_step_of_the_layer_stays_in_device_memory(state):
     layer = _layer(ordered=False)

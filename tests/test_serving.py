@@ -79,8 +79,8 @@ def c_program(tmp_path_factory) -> str:
     return executable
 
 
-def test_the_c_api_session_loader_serves_the_model_outputs(exported, c_program):
-    export_dir, ids, expected = exported
+def _served_by_the_c_program(c_program: str, export_dir: str, ids: dict) -> np.ndarray:
+    """`output_0` of `serving_default`, from the C API session loader."""
     signature = _signature(export_dir)
     assert set(signature.inputs) == set(ids)
     arguments = [c_program, export_dir, "serve", signature.outputs["output_0"].name]
@@ -97,10 +97,30 @@ def test_the_c_api_session_loader_serves_the_model_outputs(exported, c_program):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     shape_line, *values = result.stdout.split("\n")
-    assert shape_line.split() == ["shape", *map(str, expected.shape)]
-    served = np.array([float(v) for v in values if v]).reshape(expected.shape)
+    shape = [int(size) for size in shape_line.split()[1:]]
+    return np.array([float(v) for v in values if v]).reshape(shape)
+
+
+def test_the_c_api_session_loader_serves_the_model_outputs(exported, c_program):
+    export_dir, ids, expected = exported
+    served = _served_by_the_c_program(c_program, export_dir, ids)
+    assert served.shape == expected.shape
     scale = np.abs(expected).max()
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("serving_table", ["int8", "float32"])
+def test_the_c_api_session_loader_decodes_the_table_at_load(tmp_path, c_program, serving_table):
+    """The session loader runs the init op that decodes the table, then the signature."""
+    model, _, _ = two_table_model()
+    ids = random_ids(np.random.default_rng(1), 32)
+    packed_dir, decoded_dir = str(tmp_path / "packed"), str(tmp_path / serving_table)
+    keras_mpe.export_saved_model(model, packed_dir)
+    keras_mpe.export_saved_model(model, decoded_dir, serving_table=serving_table)
+    np.testing.assert_array_equal(
+        _served_by_the_c_program(c_program, decoded_dir, ids),
+        _served_by_the_c_program(c_program, packed_dir, ids),
+    )
 
 
 def test_the_c_program_reports_a_missing_tensor(exported, c_program):
