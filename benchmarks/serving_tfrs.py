@@ -56,7 +56,7 @@ def exported_signatures(data, target: float, directory: str, serving_tables: lis
     tf.saved_model.save(float_model, float_dir, signatures={"serving_default": serve_float})
     served = {}
     for table in serving_tables:
-        mpe_dir = os.path.join(directory, table)
+        mpe_dir = os.path.join(directory, f"mpe-{table}")
         keras_mpe.export_saved_model(
             mpe_model,
             mpe_dir,

@@ -220,6 +220,19 @@ def test_end_to_end_serving_benchmark_runs_every_serving_table_at_a_toy_size():
     )
 
 
+def test_serving_table_memory_benchmark_runs_at_a_toy_size():
+    arguments = ["--input_dims", "2000", "--dims", "8"]
+    script = str(BENCHMARKS / "serving_table_memory.py")
+    output = _run([script, *arguments], legacy_keras=not IS_KERAS_3)
+    _assert_lines(
+        output,
+        [
+            rf"^ +2e\+03 +8 +{name} +{NUMBER} +-?\d+ +\d+ +\d+$"
+            for name in ("float32 model", "packed", "int8", "float32")
+        ],
+    )
+
+
 @tf_keras_only
 def test_tfrs_serving_benchmark_runs_at_a_toy_size():
     _require_movielens("100k")
