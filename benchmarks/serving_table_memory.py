@@ -48,16 +48,19 @@ before = resident()
 start = time.perf_counter()
 loaded = tf.saved_model.load(sys.argv[1])
 seconds = time.perf_counter() - start
-ids = tf.constant(np.arange(4096, dtype=np.int32)[:, None])
+ids = tf.constant(np.arange(4096, dtype=np.int32)[:, None] % int(sys.argv[2]))
 loaded.signatures["serving_default"](ids=ids)
 peak = status("VmHWM")
 print(json.dumps({"before": before, "after": resident(), "peak": peak, "seconds": seconds}))
 """
 
 
-def load_in_a_fresh_process(export_dir: str) -> dict:
+def load_in_a_fresh_process(export_dir: str, input_dim: int) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", LOAD, export_dir], capture_output=True, text=True, check=True
+        [sys.executable, "-c", LOAD, export_dir, str(input_dim)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -95,7 +98,7 @@ def main() -> None:
                     (report,) = keras_mpe.inspect(export_dir).values()
                     predicted[serving_table] = report["serving_bytes"]
                 for name, expected in predicted.items():
-                    measured = load_in_a_fresh_process(f"{path}/{name}")
+                    measured = load_in_a_fresh_process(f"{path}/{name}", input_dim)
                     added = (measured["after"] - measured["before"]) / MIB
                     print(
                         f"{input_dim:>8.0e} {dim:>3} {name:>13} {measured['seconds']:>7.1f} "
