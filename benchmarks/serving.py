@@ -52,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_mpe
-from keras_mpe.backend import keras
+from keras_mpe.backend import IS_KERAS_3, keras
 
 
 def zipf_ids(rng: np.random.Generator, input_dim: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -91,6 +91,11 @@ def exported_signatures(layer: keras_mpe.MixedPrecisionEmbedding, fields: int):
         mode: lambda ids, name=name, loaded=loaded: loaded.signatures[name](ids=ids)["output_0"]
         for mode, name in (("graph", "serving_default"), ("xla", "serving_xla"))
     }
+
+
+def export_float32(model, path: str) -> None:
+    """`model.export(path)`, quietly where Keras can (tf-keras has no `verbose`)."""
+    model.export(path, **({"verbose": False} if IS_KERAS_3 else {}))
 
 
 def timed(function, batches, repeats: int) -> list[float]:
@@ -137,7 +142,7 @@ def end_to_end_signatures(
     for source, target in zip(mpe.layers[2:], float_model.layers[2:], strict=True):
         target.set_weights(source.get_weights())  # the same MLP
     report = layer.memory_report()
-    float_model.export(f"{path}/float32", verbose=False)
+    export_float32(float_model, f"{path}/float32")
     names = {table: "mpe" if table == "packed" else f"mpe {table}" for table in serving_tables}
     for table, name in names.items():
         keras_mpe.export_saved_model(mpe, f"{path}/{name}", serving_table=table)

@@ -26,7 +26,7 @@ import keras_mpe
 from keras_mpe.backend import keras
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serving import frozen_layer  # noqa: E402
+from serving import export_float32, frozen_layer  # noqa: E402
 
 TABLES = ("packed", "int8", "float32")
 MIB = 2**20
@@ -88,7 +88,7 @@ def main() -> None:
                 float_layer = keras.layers.Embedding(input_dim, dim)
                 float_model = keras.Model(inputs, float_layer(inputs))
                 float_layer.embeddings.assign(table)
-                float_model.export(f"{path}/float32 model", verbose=False)
+                export_float32(float_model, f"{path}/float32 model")
                 del table, float_layer, float_model
                 predicted = {"float32 model": input_dim * dim * 4}
                 model = keras.Model(inputs, layer(inputs))
