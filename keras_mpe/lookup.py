@@ -17,6 +17,10 @@ types the whole lookup stays in device memory. Under XLA no 64-bit integer appea
 unless the ids themselves are int64, so that form lowers to 32-bit types only, as a
 TPU needs.
 
+A table can also be decoded once, whole (`decoded_codes`, `decoded_kinds`: what
+`keras_mpe.serving_table` does when a SavedModel loads), and then looked up by
+gathers of whole rows (`lookup_decoded`), equal to `lookup_packed` bit for bit.
+
 Nothing here imports Keras, so both Keras flavours share it.
 """
 
