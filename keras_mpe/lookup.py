@@ -353,7 +353,8 @@ def dequantize_kinds(
     `[n]` (`decoded_kinds`), by the rows of `dequantization_rows` (or anything with
     a `gather(indices)` method, such as a `keras_mpe.serving_table.LoadTimeArray`):
     the packed lookup's values bit for bit, in a multiply and an add of whole rows."""
-    kinds = tf.cast(kinds, tf.int64)
+    xla = tf.__internal__.get_enclosing_xla_context() is not None
+    kinds = tf.cast(kinds, tf.int32 if xla else tf.int64)  # as `lookup_decoded`'s rows
     scales, offsets = _gather(scale_rows, kinds), _gather(offset_rows, kinds)
     return tf.cast(codes, tf.float32) * scales + offsets
 
@@ -400,7 +401,11 @@ def lookup_decoded(ids: Any, arrays: Mapping[str, Any], *, input_dim: int) -> tf
         if not ids.dtype.is_unsigned:
             valid = tf.logical_and(valid, ids >= 0)
         rows = tf.where(valid, ids, tf.constant(input_dim, ids.dtype))
-    rows = tf.reshape(tf.cast(rows, tf.int64), [-1])
+    # int64 indices, which a GPU keeps in device memory; int32 under XLA, which then
+    # lowers to 32-bit types only (as a TPU needs) unless the ids are int64
+    xla = tf.__internal__.get_enclosing_xla_context() is not None
+    index_dtype = tf.int32 if xla and ids.dtype.size <= 4 else tf.int64
+    rows = tf.reshape(tf.cast(rows, index_dtype), [-1])
     if "values" in arrays:
         values = _gather(arrays["values"], rows)
     else:

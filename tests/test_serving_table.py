@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from export_models import random_ids, two_table_model
 from hypothesis import given, settings
+from reference import hlo_types
 from test_codec import _expected, _make_case
 from test_lookup import cases
 
@@ -60,6 +61,24 @@ def test_decoded_lookups_equal_the_packed_lookup_bit_for_bit(case):
         lookup.lookup_decoded(valid, _decoded_arrays(packed, "int8"), input_dim=rows),
         _expected(table, steps, offset, candidates, groups, bits, valid),
     )
+
+
+@pytest.mark.parametrize("form", DECODED)
+def test_the_decoded_lookup_under_xla_is_exact_and_lowers_to_32_bit_types(form):
+    """What a TPU server would compile: int32 ids in, no 64-bit type."""
+    case = _make_case([5, 9, 7], [0, 3, 8], 4, "shuffled", 2)
+    packed = codec.pack_table(*case)
+    arrays = {name: tf.Variable(array) for name, array in _decoded_arrays(packed, form).items()}
+    serve = tf.function(
+        lambda ids: lookup.lookup_decoded(ids, arrays, input_dim=21), jit_compile=True
+    )
+    ids = tf.constant(np.random.default_rng(0).integers(-3, 24, size=(6, 5)), tf.int32)
+    expected = lookup.lookup_packed(
+        ids, packed.arrays(), input_dim=21, nonzero_bit_widths=packed.nonzero_bit_widths
+    )
+    np.testing.assert_array_equal(_bits(serve(ids)), _bits(expected))
+    types = hlo_types(serve.experimental_get_compiler_ir(ids)(stage="hlo"))
+    assert "f32" in types and not {"s64", "u64", "f64"} & types, types
 
 
 def test_decoded_codes_and_kinds_by_hand():
