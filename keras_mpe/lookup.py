@@ -405,7 +405,7 @@ def lookup_decoded(ids: Any, arrays: Mapping[str, Any], *, input_dim: int) -> tf
     # lowers to 32-bit types only (as a TPU needs) unless the ids are int64
     xla = tf.__internal__.get_enclosing_xla_context() is not None
     index_dtype = tf.int32 if xla and ids.dtype.size <= 4 else tf.int64
-    rows = tf.reshape(tf.cast(rows, index_dtype), [-1])
+    rows = tf.cast(tf.reshape(rows, [-1]), index_dtype)  # a GPU reshapes int32 on the host
     if "values" in arrays:
         values = _gather(arrays["values"], rows)
     else:
