@@ -46,7 +46,7 @@ def check(serving_table: Any) -> str:
 
 
 def decoded_bytes(
-    serving_table: str, input_dim: int, output_dim: int, nonzero_bit_widths: int
+    serving_table: str, input_dim: int, output_dim: int, num_nonzero_bit_widths: int
 ) -> int:
     """Bytes that a table decoded at load time takes in memory beside the packed one
     (0 for `"packed"`): its arrays of `DecodedTable`, the zero row included.
@@ -60,17 +60,17 @@ def decoded_bytes(
     if serving_table == "float32":
         return rows * output_dim * 4
     if serving_table == "int8":
-        return rows * (output_dim + 1) + 2 * (nonzero_bit_widths + 1) * output_dim * 4
+        return rows * (output_dim + 1) + 2 * (num_nonzero_bit_widths + 1) * output_dim * 4
     return 0
 
 
 class LoadTimeArray(tf.saved_model.experimental.TrackableResource):
     """An array that a SavedModel computes when it loads and holds in memory, never
     stored: a resource variable filled by the resource's initializer, `CHUNK_BYTES` of
-    rows at a time (so that loading takes the array's memory and little more).
+    rows at a time (so that the decode's temporaries follow the chunk, not the table).
 
     Args:
-        rows_of: the array's rows at int32 ids (1-D), in a TF graph (traced when the
+        rows_of: the array's rows at int64 ids (1-D), in a TF graph (traced when the
             SavedModel is saved; it may read the model's variables, which the loader
             restores first).
         shape: the array's static shape.
@@ -111,20 +111,21 @@ class LoadTimeArray(tf.saved_model.experimental.TrackableResource):
         )
 
     def _initialize(self) -> Any:
-        handle, rows = self.resource_handle, self._shape[0]
+        handle = self.resource_handle
+        rows = tf.constant(self._shape[0], tf.int64)  # V + 1 may pass int32
         row_bytes = self._shape[1:].num_elements() * self._dtype.size
-        chunk = max(1, CHUNK_BYTES // max(1, row_bytes))
+        chunk = tf.constant(max(1, CHUNK_BYTES // max(1, row_bytes)), tf.int64)
         zeros = tf.zeros(self._shape, self._dtype)
         with tf.control_dependencies([tf.raw_ops.AssignVariableOp(resource=handle, value=zeros)]):
-            first = tf.constant(0)
-        inner = [0] * (self._shape.rank - 1)
+            first = tf.constant(0, tf.int64)
+        inner = [tf.constant(0, tf.int64)] * (self._shape.rank - 1)
 
         def fill(first: tf.Tensor) -> tf.Tensor:
             last = tf.minimum(first + chunk, rows)
             assign = tf.raw_ops.ResourceStridedSliceAssign(
                 ref=handle,
                 begin=tf.stack([first, *inner]),
-                end=tf.stack([last, *self._shape[1:].as_list()]),
+                end=tf.stack([last, *(tf.constant(n, tf.int64) for n in self._shape[1:])]),
                 strides=[1] * self._shape.rank,
                 value=self._rows_of(tf.range(first, last)),
             )
