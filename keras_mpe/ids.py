@@ -36,8 +36,8 @@ def integer_ids(inputs: Any, input_dim: int) -> tf.Tensor:
     return tf.where(whole, tf.cast(tf.where(whole, inputs, 0.0), tf.int32), -1)
 
 
-def ids_in_range(ids: Any, input_dim: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Ids as uint32 (0 where out of range) and whether each is in `[0, input_dim)`.
+def ids_in_range(ids: Any, input_dim: int, fill: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
+    """Ids as uint32 (`fill` where out of range) and whether each is in `[0, input_dim)`.
 
     Ids of at most 32 bits are reinterpreted as uint32 first, so that a negative id
     becomes at least 2**31 and one unsigned comparison checks both ends, and so that
@@ -47,6 +47,7 @@ def ids_in_range(ids: Any, input_dim: int) -> tuple[tf.Tensor, tf.Tensor]:
     Args:
         ids: integer ids, any shape.
         input_dim: the number of ids, below 2**31.
+        fill: what stands for an out-of-range id, in `[0, 2**32)`.
 
     Returns:
         `(ids, valid)`, uint32 and bool, of the shape of `ids`.
@@ -67,5 +68,5 @@ def ids_in_range(ids: Any, input_dim: int) -> tuple[tf.Tensor, tf.Tensor]:
         valid = ids < input_dim
         if not ids.dtype.is_unsigned:
             valid = tf.logical_and(valid, ids >= 0)
-    ids = tf.where(valid, tf.cast(ids, tf.uint32), tf.constant(0, tf.uint32))
+    ids = tf.where(valid, tf.cast(ids, tf.uint32), tf.constant(fill, tf.uint32))
     return ids, valid

@@ -388,24 +388,12 @@ def lookup_decoded(ids: Any, arrays: Mapping[str, Any], *, input_dim: int) -> tf
            [ 0.  ]], dtype=float32)
     """
     input_dim = _check_static(input_dim, ())[0]
-    ids = tf.convert_to_tensor(ids)
-    if not ids.dtype.is_integer:
-        raise TypeError(f"`ids` must be integers. Received ids of dtype {ids.dtype.name}.")
-    # the zero row V for ids out of range; a 32-bit id read as uint32 is out of
-    # range below 0 too
-    if ids.dtype.size <= 4:
-        ids = tf.cast(ids, tf.uint32)
-        rows = tf.where(ids < input_dim, ids, tf.constant(input_dim, tf.uint32))
-    else:
-        valid = ids < input_dim
-        if not ids.dtype.is_unsigned:
-            valid = tf.logical_and(valid, ids >= 0)
-        rows = tf.where(valid, ids, tf.constant(input_dim, ids.dtype))
+    ids, _ = ids_in_range(ids, input_dim, fill=input_dim)  # V: the zero row
     # int64 indices, which a GPU keeps in device memory; int32 under XLA, which then
-    # lowers to 32-bit types only (as a TPU needs) unless the ids are int64
+    # lowers to 32-bit types only (as a TPU needs); cast after the reshape, since a GPU
+    # reshapes int32 tensors in host memory
     xla = tf.__internal__.get_enclosing_xla_context() is not None
-    index_dtype = tf.int32 if xla and ids.dtype.size <= 4 else tf.int64
-    rows = tf.cast(tf.reshape(rows, [-1]), index_dtype)  # a GPU reshapes int32 on the host
+    rows = tf.cast(tf.reshape(ids, [-1]), tf.int32 if xla else tf.int64)
     if "values" in arrays:
         values = _gather(arrays["values"], rows)
     else:

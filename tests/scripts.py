@@ -1,9 +1,12 @@
-"""Running the project's scripts (examples, benchmarks) in a fresh Python process."""
+"""Running the project's scripts (examples, benchmarks), and Python code, in a fresh
+Python process."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +38,12 @@ def run_script(
         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     )
     return result.stdout
+
+
+def printed_json(script: str) -> Any:
+    """Runs `python -c script` as it is (the current directory and environment) and
+    returns the JSON of the last line it prints; fails unless it exits 0."""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,12 +1,12 @@
 """SavedModel export of packed tables."""
 
-import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from scripts import printed_json
 
 import keras_mpe
 from keras_mpe.backend import keras
@@ -46,10 +46,7 @@ def test_saved_model_outputs_equal_the_retrain_model_in_a_fresh_process(tmp_path
         "       for k, f in loaded.signatures.items()}\n"
         "print(json.dumps({'mpe': 'keras_mpe' in sys.modules, 'out': out}))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
-    served = json.loads(result.stdout.strip().splitlines()[-1])
+    served = printed_json(script)
     assert served["mpe"] is False
     scale = np.abs(expected).max()
     for name in ("serving_default", "serving_xla"):

@@ -3,8 +3,6 @@ the same values as the packed lookup bit for bit, the same stored bytes, the loa
 decode run by `tf.saved_model.load` and by the TF1 session loader."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ import tensorflow as tf
 from export_models import random_ids, two_table_model
 from hypothesis import given, settings
 from reference import hlo_types
+from scripts import printed_json
 from test_codec import _expected, _make_case
 from test_lookup import cases
 
@@ -115,10 +114,7 @@ def _served_in_a_fresh_process(export_dir: str, ids: dict) -> dict:
         "       for k, f in loaded.signatures.items()}\n"
         "print(json.dumps(out))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
-    served = json.loads(result.stdout.strip().splitlines()[-1])
+    served = printed_json(script)
     return {k: np.array(v, np.uint32).view(np.float32) for k, v in served.items()}
 
 
@@ -164,11 +160,7 @@ def test_the_tf1_session_loader_runs_the_load_time_decode(tmp_path):
         "    runs = [session.run(name, feed).view(np.uint32).tolist() for _ in range(2)]\n"
         "print(json.dumps(runs))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
-    runs = json.loads(result.stdout.strip().splitlines()[-1])
-    for run in runs:
+    for run in printed_json(script):
         np.testing.assert_array_equal(np.array(run, np.uint32), _bits(expected))
 
 
